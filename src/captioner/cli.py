@@ -1,0 +1,105 @@
+"""Command line: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from captioner.errors import CaptionerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner", description="Show, Attend and Tell image captioning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read annotations and write a dataset manifest")
+    p.add_argument("annotations", type=Path, help="COCO/Karpathy json, Flickr token file, CSV or JSONL")
+    p.add_argument("--images", type=Path, required=True, help="folder the image names are relative to")
+    p.add_argument("--out", type=Path, required=True, help="manifest file to write (JSON)")
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "coco", "karpathy", "flickr", "csv", "jsonl"])
+    p.add_argument("--max-images", type=int, default=None, help="keep the first N usable images")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split by image")
+    p.add_argument("--keep-restval", action="store_true",
+                   help="keep Karpathy 'restval' as its own split instead of adding it to train")
+
+    p = sub.add_parser("extract", help="run a pretrained CNN over the images; cache the features")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="feature folder (one cache per split)")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, none, or a weights file")
+    p.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train", help="train the attention decoder on cached features")
+    p.add_argument("--manifest", type=Path, help="manifest written by `prepare`")
+    p.add_argument("--features", type=Path, help="feature folder written by `extract`")
+    p.add_argument("--out", type=Path, help="run folder (model/, checkpoint/, tensorboard/...)")
+    p.add_argument("--config", type=Path, help="YAML file of training settings")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, dest="learning_rate")
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any training setting, e.g. --set dropout=0.3 attention_lambda=1")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("caption", help="caption images or folders of images")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
+    p.add_argument("--beam-size", type=int, default=3, help="1 = greedy")
+    p.add_argument("--greedy", action="store_true", help="same as --beam-size 1")
+    p.add_argument("--sample", action="store_true", help="sample words instead of searching")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed for --sample")
+    p.add_argument("--max-length", type=int, default=30)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backbone-weights", default="DEFAULT")
+    p.add_argument("--device", default="auto")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON output")
+    fmt.add_argument("--csv", action="store_true", help="CSV output")
+    p.add_argument("--output", type=Path, help="write the output to this file instead of stdout")
+    p.add_argument("--attention-dir", type=Path, help="write one attention PNG per image here")
+
+    p = sub.add_parser("demo", help="the embedded default: shapes dataset, end to end")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--images", type=int, default=1200, help="number of generated scenes")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--weights", default="DEFAULT", help="MobileNetV2 weights (DEFAULT: offline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from captioner import commands
+
+    handler = getattr(commands, f"run_{args.command}")
+    try:
+        return int(handler(args) or 0)
+    except CaptionerError as exc:
+        print(f"captioner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"captioner {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

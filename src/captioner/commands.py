@@ -1,0 +1,176 @@
+"""One function per CLI command: turn parsed arguments into library calls and print results."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from captioner.errors import CaptionerError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from captioner.data.prepare import format_summary, prepare_dataset
+
+    manifest = prepare_dataset(
+        args.annotations,
+        args.images,
+        fmt=args.format,
+        max_images=args.max_images,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        restval_to_train=not args.keep_restval,
+    )
+    manifest.save(args.out)
+    print(format_summary(manifest))
+    print(f"manifest written to {args.out}")
+    return 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from captioner.data.manifest import Manifest
+    from captioner.features.extract import extract_manifest
+    from captioner.training.trainer import resolve_device
+
+    manifest = Manifest.load(args.manifest)
+    splits = args.splits.split(",") if args.splits else None
+    reports = extract_manifest(
+        manifest,
+        args.out,
+        backbone_name=args.backbone,
+        weights=args.weights,
+        splits=splits,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=str(resolve_device(args.device)),
+        progress=not args.no_progress,
+    )
+    failed_total = 0
+    for split, report in reports.items():
+        failed_total += len(report.failed)
+        print(f"{split}: {report.total} images, {report.extracted_now} extracted now, "
+              f"{report.already_done} already done, {len(report.failed)} failed")
+        for key, problem in list(report.failed.items())[:10]:
+            print(f"  skipped {key}: {problem}")
+        if len(report.failed) > 10:
+            print(f"  ... and {len(report.failed) - 10} more (see {args.out / split}/failures.json)")
+    print(f"features written to {args.out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from captioner.training.config import TrainConfig
+    from captioner.training.trainer import train
+
+    config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    overrides = [f"{k}={v}" for k, v in (
+        ("manifest", args.manifest), ("features", args.features), ("out", args.out),
+        ("epochs", args.epochs), ("batch_size", args.batch_size),
+        ("learning_rate", args.learning_rate), ("patience", args.patience),
+        ("seed", args.seed), ("device", args.device),
+    ) if v is not None]
+    if args.no_progress:
+        overrides.append("progress=false")
+    config = config.override(overrides + list(args.set))
+    if not config.manifest or not config.features:
+        raise CaptionerError("train needs --manifest and --features (or both in --config)")
+    result = train(config, resume=args.resume)
+    print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}) after "
+          f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}")
+    print(f"model saved to {result.model_dir}")
+    return 0
+
+
+def expand_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, non-recursive)."""
+    images: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CaptionerError(f"{item}: no image files in this folder")
+            images.extend(found)
+        elif item.exists():
+            images.append(item)
+        else:
+            raise CaptionerError(f"{item}: no such file or folder")
+    return images
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from captioner.model.captioner import Captioner
+    from captioner.training.trainer import resolve_device
+
+    images = expand_images(args.inputs)
+    captioner = Captioner.from_pretrained(
+        args.model, device=resolve_device(args.device), backbone_weights=args.backbone_weights
+    )
+    results = captioner.caption(
+        images,
+        beam_size=1 if args.greedy else args.beam_size,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        skip_errors=True,
+        sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        length_penalty=args.length_penalty,
+    )
+    if args.json:
+        text = json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False) + "\n"
+    elif args.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image", "caption", "log_prob", "error"])
+        for r in results:
+            writer.writerow([r.source, r.caption, f"{r.log_prob:.4f}", r.error or ""])
+        text = buffer.getvalue()
+    else:
+        text = "".join(
+            f"{r.source}\t{r.caption if r.error is None else 'ERROR: ' + r.error}\n"
+            for r in results
+        )
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if args.attention_dir:
+        write_attention_maps(results, args.attention_dir)
+        print(f"attention maps written to {args.attention_dir}", file=sys.stderr)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"skipped {r.error}", file=sys.stderr)
+    return 1 if failed and len(failed) == len(results) else 0
+
+
+def write_attention_maps(results: list, folder: Path) -> list[Path]:
+    from captioner.viz import plot_attention
+    from captioner.vision.images import load_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, result in enumerate(results):
+        if result.error or result.source is None:
+            continue
+        name = f"{index:04d}_{Path(result.source).stem}.png"
+        written.append(plot_attention(
+            load_image(result.source), result.tokens, result.attention, result.grid,
+            folder / name, title=result.caption,
+        ))
+    return written
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from captioner.demo.pipeline import run_demo as demo
+
+    demo(out=args.out, num_images=args.images, epochs=args.epochs, weights=args.weights,
+         seed=args.seed, progress=not args.no_progress)
+    return 0

@@ -1,0 +1,57 @@
+"""Caption every image of a split from its feature cache, and score the captions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from captioner.data.manifest import Manifest
+from captioner.features.cache import FeatureCache
+from captioner.model.captioner import CaptionResult, Captioner, DecodeSettings, check_backbone_matches
+
+
+@dataclass
+class SplitCaptions:
+    results: dict[str, CaptionResult]  # image file -> generated caption
+    references: dict[str, list[str]]  # image file -> reference captions
+    skipped: list[str]  # images of the split without features
+
+
+def caption_split(
+    captioner: Captioner,
+    manifest: Manifest,
+    features_dir: Path,
+    split: str,
+    decode: DecodeSettings,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> SplitCaptions:
+    """Decode every image of ``split`` whose features are in ``features_dir/split``."""
+    cache = FeatureCache.open(Path(features_dir) / split)
+    check_backbone_matches(cache.header, captioner.backbone_header)
+    valid = set(int(i) for i in cache.valid_indices())
+    todo, skipped = [], []
+    for record in manifest.split(split):
+        try:
+            row = cache.index_of(record.file)
+        except KeyError:
+            row = -1
+        (todo if row in valid else skipped).append((record, row) if row in valid else record.file)
+    results: dict[str, CaptionResult] = {}
+    references: dict[str, list[str]] = {}
+    bar = tqdm(total=len(todo), desc=f"captioning {split}", unit="img", disable=not progress,
+               leave=False)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        feats = np.stack([np.asarray(cache.features(row), dtype=np.float32) for _, row in chunk])
+        for (record, _), result in zip(chunk, captioner.caption_features(feats, decode),
+                                       strict=True):
+            result.source = record.file
+            results[record.file] = result
+            references[record.file] = list(record.captions)
+        bar.update(len(chunk))
+    bar.close()
+    return SplitCaptions(results, references, skipped)

@@ -1,0 +1,326 @@
+"""``Captioner``: a trained decoder, its vocabulary and its backbone, saved as one folder.
+
+A pretrained folder holds ``config.json`` (model sizes, backbone header, vocabulary
+fingerprint, training summary), ``model.safetensors`` (decoder weights) and ``vocab.json``.
+Backbone weights are not copied: the backbone is rebuilt by name and its weights hash is
+checked against the one the features were extracted with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorsError
+from safetensors.torch import load_file
+
+from captioner.data.vocabulary import Vocabulary
+from captioner.decoding import Hypothesis, beam_search, greedy_decode, sample_decode
+from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
+from captioner.fileio import atomic_save_safetensors, atomic_write_json
+from captioner.model.config import ModelConfig
+from captioner.model.decoder import ShowAttendTell
+
+FORMAT = "captioner-model"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VOCAB_FILE = "vocab.json"
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass
+class CaptionResult:
+    """One image's caption with the attention of each word."""
+
+    caption: str
+    tokens: list[str]
+    token_log_probs: list[float]
+    log_prob: float
+    attention: np.ndarray  # [len(tokens), R]
+    grid: tuple[int, int]
+    finished: bool
+    source: str | None = None
+    error: str | None = None
+
+    def to_dict(self, with_attention: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "image": self.source,
+            "caption": self.caption,
+            "tokens": self.tokens,
+            "token_log_probs": [round(x, 5) for x in self.token_log_probs],
+            "log_prob": round(self.log_prob, 5),
+            "finished": self.finished,
+        }
+        if self.error:
+            out["error"] = self.error
+        if with_attention:
+            h, w = self.grid
+            out["attention"] = [row.reshape(h, w).round(5).tolist() for row in self.attention]
+        return out
+
+
+@dataclass
+class DecodeSettings:
+    """How to turn features into words (``beam_size`` 1 means greedy)."""
+
+    beam_size: int = 3
+    max_length: int = 30
+    length_penalty: float = 1.0
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def describe(self) -> str:
+        if self.sample:
+            return f"sampling (temperature {self.temperature}, top-k {self.top_k or 'all'})"
+        return "greedy" if self.beam_size == 1 else f"beam search (beam {self.beam_size})"
+
+
+@dataclass
+class Captioner:
+    model: ShowAttendTell
+    vocab: Vocabulary
+    backbone_header: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    backbone: torch.nn.Module | None = None
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights_sha = atomic_save_safetensors(
+            self.model.state_dict(), folder / WEIGHTS_FILE, metadata={"format": FORMAT}
+        )
+        self.vocab.save(folder / VOCAB_FILE)
+        config = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model.config.to_dict(),
+            "backbone": self.backbone_header,
+            "vocabulary_fingerprint": self.vocab.fingerprint(),
+            "weights_sha256": weights_sha,
+            "info": self.info,
+        }
+        # Written last: a folder whose config is missing or stale is never loaded as valid.
+        atomic_write_json(folder / CONFIG_FILE, config)
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        backbone_weights: str | None = "DEFAULT",
+    ) -> Captioner:
+        """Load a folder written by ``save_pretrained``.
+
+        ``backbone_weights=None`` skips the CNN (captioning from cached features only).
+        """
+        folder = Path(folder)
+        config = read_model_config(folder)
+        from captioner.fileio import sha256_file
+
+        weights_path = folder / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise CheckpointError(f"{weights_path}: missing model weights")
+        if config.get("weights_sha256") and sha256_file(weights_path) != config["weights_sha256"]:
+            raise CheckpointError(
+                f"{weights_path}: checksum differs from {folder / CONFIG_FILE} "
+                "(file corrupt, truncated or replaced)"
+            )
+        model_config = ModelConfig.from_dict(config["model"])
+        vocab = Vocabulary.load(folder / VOCAB_FILE)
+        if vocab.fingerprint() != config.get("vocabulary_fingerprint"):
+            raise CheckpointError(
+                f"{folder / VOCAB_FILE}: this vocabulary is not the one the model was trained with"
+            )
+        if len(vocab) != model_config.vocab_size:
+            raise CheckpointError(
+                f"{folder / VOCAB_FILE}: {len(vocab)} words but the model expects "
+                f"{model_config.vocab_size}"
+            )
+        model = ShowAttendTell(model_config)
+        load_state(model, weights_path)
+        model.to(device).eval()
+        captioner = cls(model, vocab, dict(config["backbone"]), dict(config.get("info", {})))
+        if backbone_weights is not None:
+            captioner.attach_backbone(backbone_weights, device)
+        return captioner
+
+    def attach_backbone(self, weights: str = "DEFAULT", device: str | torch.device = "cpu") -> None:
+        """Build the CNN the features came from and check it is the same one."""
+        from captioner.vision.backbones import load_backbone
+
+        backbone = load_backbone(self.backbone_header["backbone"], weights)
+        check_backbone_matches(backbone.header(), self.backbone_header)
+        self.backbone = backbone.to(device).eval()
+
+    # ----------------------------------------------------------------- captioning
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.backbone_header["grid"]
+        return int(h), int(w)
+
+    def caption(
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        beam_size: int = 3,
+        max_length: int = 30,
+        batch_size: int = 16,
+        image_transform: Callable[[Image.Image], Image.Image] | None = None,
+        skip_errors: bool = False,
+        **settings: Any,
+    ) -> list[CaptionResult]:
+        """Caption images (paths or PIL images); returns one result per image, in order.
+
+        With ``skip_errors`` an unreadable image gets a result with ``error`` set instead of
+        stopping the batch. Extra keyword settings: ``sample``, ``temperature``, ``top_k``,
+        ``seed``, ``length_penalty`` (see ``DecodeSettings``).
+        """
+        if self.backbone is None:
+            raise CaptionerError("this Captioner was loaded without a backbone; cannot read images")
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        decode = DecodeSettings(beam_size=beam_size, max_length=max_length, **settings)
+        from captioner.vision.images import load_image
+
+        results: list[CaptionResult] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            tensors, names, errors = [], [], {}
+            for i, item in enumerate(chunk):
+                name = None if isinstance(item, Image.Image) else str(item)
+                names.append(name)
+                try:
+                    picture = item if isinstance(item, Image.Image) else load_image(item)
+                    if picture.mode != "RGB":
+                        picture = picture.convert("RGB")
+                    if image_transform is not None:
+                        picture = image_transform(picture)
+                    tensors.append(self.backbone.transform(picture))
+                except ImageLoadError as exc:
+                    if not skip_errors:
+                        raise
+                    errors[i] = str(exc)
+            decoded = iter(self._caption_pixels(torch.stack(tensors), decode) if tensors else [])
+            for i, name in enumerate(names):
+                if i in errors:
+                    results.append(self._failed(name, errors[i]))
+                else:
+                    result = next(decoded)
+                    result.source = name
+                    results.append(result)
+        return results
+
+    @torch.inference_mode()
+    def _caption_pixels(self, pixels: torch.Tensor, decode: DecodeSettings) -> list[CaptionResult]:
+        assert self.backbone is not None
+        features = self.backbone(pixels.to(self.device))
+        return self.caption_features(features, decode)
+
+    @torch.inference_mode()
+    def caption_features(
+        self, features: torch.Tensor | np.ndarray, decode: DecodeSettings | None = None
+    ) -> list[CaptionResult]:
+        """Caption precomputed feature grids [B, R, C] (e.g. from a feature cache)."""
+        decode = decode or DecodeSettings()
+        feats = torch.as_tensor(features).to(self.device, torch.float32)
+        if decode.sample:
+            generator = torch.Generator(device=feats.device)
+            if decode.seed is not None:
+                generator.manual_seed(decode.seed)
+            hyps = sample_decode(
+                self.model, feats, decode.max_length, decode.temperature, decode.top_k, generator
+            )
+        elif decode.beam_size <= 1:
+            hyps = greedy_decode(self.model, feats, decode.max_length)
+        else:
+            hyps = beam_search(
+                self.model, feats, decode.beam_size, decode.max_length, decode.length_penalty
+            )
+        return [self._result(h) for h in hyps]
+
+    def _result(self, hyp: Hypothesis) -> CaptionResult:
+        words = [self.vocab.id_to_token(i) for i in hyp.token_ids]
+        return CaptionResult(
+            caption=" ".join(words),
+            tokens=words,
+            token_log_probs=hyp.token_log_probs,
+            log_prob=hyp.log_prob,
+            attention=hyp.attention,
+            grid=self.grid,
+            finished=hyp.finished,
+        )
+
+    def _failed(self, name: str | None, error: str) -> CaptionResult:
+        empty = np.zeros((0, self.grid[0] * self.grid[1]), dtype=np.float32)
+        return CaptionResult("", [], [], float("-inf"), empty, self.grid, False, name, error)
+
+
+def read_model_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a model folder (expected {CONFIG_FILE}, "
+                              f"{WEIGHTS_FILE}, {VOCAB_FILE})")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {folder} is not a captioner model") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a captioner model config")
+    if config.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported version {config.get('version')!r}")
+    for key in ("model", "backbone", "vocabulary_fingerprint"):
+        if key not in config:
+            raise CheckpointError(f"{path}: missing field {key!r}")
+    return config
+
+
+def load_state(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights strictly, with a clear message on any mismatch."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit this model (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(tensor.shape)}, the model expects "
+                f"{list(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def check_backbone_matches(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Refuse features from one CNN fed to a decoder trained on another."""
+    for key in ("backbone", "weights_id", "preprocessing", "grid", "channels"):
+        a = json.loads(json.dumps(actual.get(key)))
+        e = json.loads(json.dumps(expected.get(key)))
+        if a != e:
+            raise CheckpointError(
+                f"backbone mismatch on {key!r}: the model was trained on features with {e!r}, "
+                f"this backbone gives {a!r}"
+            )

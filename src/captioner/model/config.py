@@ -1,0 +1,47 @@
+"""Configuration of the attention decoder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from captioner.errors import CheckpointError
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the Show-Attend-Tell decoder; the defaults are the seed notebook's."""
+
+    vocab_size: int
+    feature_channels: int
+    num_regions: int
+    encoder_dim: int = 256
+    embed_dim: int = 256
+    attention_dim: int = 512
+    hidden_dim: int = 512
+    dropout: float = 0.0
+    init_hidden: str = "zeros"  # "zeros" as in the seed, or "mean" of the encoded regions
+
+    def __post_init__(self) -> None:
+        if self.init_hidden not in ("zeros", "mean"):
+            raise ValueError(f"init_hidden must be 'zeros' or 'mean', not {self.init_hidden!r}")
+        for name in ("vocab_size", "feature_channels", "num_regions", "encoder_dim", "embed_dim",
+                     "attention_dim", "hidden_dim"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"unknown model config fields: {sorted(unknown)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid model config: {exc}") from exc

@@ -1,0 +1,94 @@
+"""The Show-Attend-Tell decoder of the seed notebook, in PyTorch.
+
+encoder: Linear(C -> encoder_dim) + ReLU on each region;
+each step: Bahdanau attention -> [context ; embedding(previous word)] -> GRU
+-> Linear(hidden) -> Linear(vocab).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from captioner.model.attention import BahdanauAttention
+from captioner.model.config import ModelConfig
+
+
+@dataclass
+class EncodedImages:
+    """Per-image tensors computed once and reused at every decoding step."""
+
+    regions: torch.Tensor  # [B, R, encoder_dim]
+    projected: torch.Tensor  # [B, R, attention_dim]
+
+    def repeat_interleave(self, times: int) -> EncodedImages:
+        return EncodedImages(
+            self.regions.repeat_interleave(times, dim=0),
+            self.projected.repeat_interleave(times, dim=0),
+        )
+
+    def select(self, index: torch.Tensor) -> EncodedImages:
+        return EncodedImages(self.regions[index], self.projected[index])
+
+
+@dataclass
+class TeacherForcingOutput:
+    logits: torch.Tensor  # [B, T, V]
+    attention: torch.Tensor  # [B, T, R]
+
+
+class ShowAttendTell(nn.Module):
+    """Attention GRU decoder over a grid of CNN features."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = nn.Sequential(nn.Linear(config.feature_channels, config.encoder_dim), nn.ReLU())
+        self.attention = BahdanauAttention(config.encoder_dim, config.hidden_dim, config.attention_dim)
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.gru = nn.GRUCell(config.encoder_dim + config.embed_dim, config.hidden_dim)
+        self.fc1 = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc2 = nn.Linear(config.hidden_dim, config.vocab_size)
+        if config.init_hidden == "mean":
+            self.init_h = nn.Linear(config.encoder_dim, config.hidden_dim)
+
+    def encode(self, features: torch.Tensor) -> EncodedImages:
+        """features [B, R, C] from the backbone -> encoded regions and their projection."""
+        if features.dim() != 3 or features.shape[-1] != self.config.feature_channels:
+            raise ValueError(
+                f"expected features [B, R, {self.config.feature_channels}], "
+                f"got {list(features.shape)}"
+            )
+        regions = self.encoder(features)
+        return EncodedImages(regions, self.attention.project(regions))
+
+    def initial_hidden(self, encoded: EncodedImages) -> torch.Tensor:
+        regions = encoded.regions
+        if self.config.init_hidden == "mean":
+            return torch.tanh(self.init_h(regions.mean(dim=1)))
+        return regions.new_zeros(regions.shape[0], self.config.hidden_dim)
+
+    def step(
+        self, tokens: torch.Tensor, hidden: torch.Tensor, encoded: EncodedImages
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One word: tokens [B] and hidden [B, H] -> (logits [B, V], hidden, attention [B, R])."""
+        context, weights = self.attention(encoded.regions, encoded.projected, hidden)
+        inputs = torch.cat([context, self.embedding(tokens)], dim=-1)
+        hidden = self.gru(inputs, hidden)
+        logits = self.fc2(self.dropout(self.fc1(hidden)))
+        return logits, hidden, weights
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> TeacherForcingOutput:
+        """Teacher forcing: captions [B, L] start with <start>; predicts captions[:, 1:]."""
+        encoded = self.encode(features)
+        hidden = self.initial_hidden(encoded)
+        steps = captions.shape[1] - 1
+        logits, attention = [], []
+        for t in range(steps):
+            step_logits, hidden, weights = self.step(captions[:, t], hidden, encoded)
+            logits.append(step_logits)
+            attention.append(weights)
+        return TeacherForcingOutput(torch.stack(logits, dim=1), torch.stack(attention, dim=1))

@@ -1,0 +1,99 @@
+"""Typed training configuration, loadable from YAML and overridable from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from captioner.errors import CaptionerError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved beside its checkpoints as ``train_config.json``."""
+
+    manifest: str = ""
+    features: str = ""
+    out: str = "runs/train"
+    # vocabulary
+    vocab_size: int = 5000
+    min_word_count: int = 1
+    max_caption_length: int = 40  # words; longer training captions are truncated
+    # model
+    encoder_dim: int = 256
+    embed_dim: int = 256
+    attention_dim: int = 512
+    hidden_dim: int = 512
+    dropout: float = 0.0
+    init_hidden: str = "zeros"
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    attention_lambda: float = 0.0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "constant"  # "constant" | "plateau" (halve on a val-loss plateau)
+    patience: int = 3
+    min_delta: float = 0.0
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 100
+    progress: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("constant", "plateau"):
+            raise CaptionerError(f"lr_schedule must be 'constant' or 'plateau', not {self.lr_schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise CaptionerError("epochs, batch_size and patience must be >= 1")
+        if self.learning_rate <= 0:
+            raise CaptionerError("learning_rate must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise CaptionerError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise CaptionerError(f"{path}: config file not found") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CaptionerError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise CaptionerError(f"{path}: expected a mapping of settings")
+        return cls.from_dict(data)
+
+    def override(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``key=value`` strings (nanoGPT-style overrides), parsing values as YAML."""
+        data = self.to_dict()
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in data:
+                raise CaptionerError(f"bad override {item!r}: expected KEY=VALUE with a known KEY")
+            value = yaml.safe_load(raw)
+            current = data[key]
+            if isinstance(current, float) and isinstance(value, int):
+                value = float(value)
+            if current is not None and not isinstance(value, type(current)):
+                raise CaptionerError(
+                    f"bad override {item!r}: {key} expects {type(current).__name__}"
+                )
+            data[key] = value
+        return TrainConfig.from_dict(data)

@@ -1,0 +1,74 @@
+"""Batches of (cached feature grid, encoded caption) pairs for teacher forcing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from captioner.data.manifest import ImageRecord
+from captioner.data.vocabulary import PAD_ID, Vocabulary
+from captioner.errors import CaptionerError
+from captioner.features.cache import FeatureCache
+
+
+@dataclass
+class SplitData:
+    """Captions of one split paired with the rows of its feature cache."""
+
+    rows: list[int]  # cache row of each pair
+    captions: list[list[int]]  # encoded caption of each pair
+    images_without_features: list[str]
+
+
+def pair_captions(
+    cache: FeatureCache, records: list[ImageRecord], vocab: Vocabulary, max_words: int
+) -> SplitData:
+    """Encode every caption of every image whose features were extracted successfully."""
+    valid = set(int(i) for i in cache.valid_indices())
+    rows, captions, missing = [], [], []
+    for record in records:
+        try:
+            row = cache.index_of(record.file)
+        except KeyError:
+            row = -1
+        if row not in valid:
+            missing.append(record.file)
+            continue
+        for caption in record.captions:
+            ids = vocab.encode(caption, max_length=max_words + 2)
+            if len(ids) > 2:  # a caption with no word left after tokenisation is useless
+                rows.append(row)
+                captions.append(ids)
+    if not rows:
+        raise CaptionerError(
+            f"no usable (image, caption) pairs: {len(missing)} of {len(records)} images have no "
+            "extracted features; run `captioner extract` on this manifest first"
+        )
+    return SplitData(rows, captions, missing)
+
+
+class CaptionFeatureDataset(Dataset):
+    def __init__(self, cache: FeatureCache, data: SplitData) -> None:
+        self.cache = cache
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = np.asarray(self.cache.features(self.data.rows[index]), dtype=np.float32)
+        return torch.from_numpy(feats), torch.tensor(self.data.captions[index], dtype=torch.long)
+
+
+def collate_captions(
+    batch: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack features and right-pad captions with <pad> to the longest in the batch."""
+    features = torch.stack([item[0] for item in batch])
+    captions = torch.nn.utils.rnn.pad_sequence(
+        [item[1] for item in batch], batch_first=True, padding_value=PAD_ID
+    )
+    return features, captions

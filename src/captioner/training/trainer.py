@@ -1,0 +1,281 @@
+"""The training loop: teacher forcing on cached features, real validation, early stopping.
+
+A run folder holds:
+  train_config.json   the settings of the run
+  vocab.json          vocabulary built from the training split only
+  model/              the best model so far (``Captioner.save_pretrained`` format)
+  checkpoint/         the last epoch's full state, for ``--resume``
+  history.json, loss_curve.png, tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from captioner.data.manifest import Manifest
+from captioner.data.vocabulary import Vocabulary
+from captioner.errors import CaptionerError
+from captioner.features.cache import FeatureCache
+from captioner.fileio import atomic_write_json
+from captioner.model.captioner import Captioner, check_backbone_matches, load_state
+from captioner.model.config import ModelConfig
+from captioner.model.decoder import ShowAttendTell
+from captioner.model.losses import caption_loss
+from captioner.training.checkpoint import (
+    has_training_state,
+    load_training_state,
+    save_training_state,
+)
+from captioner.training.config import TrainConfig
+from captioner.training.data import CaptionFeatureDataset, collate_captions, pair_captions
+from captioner.training.early_stopping import EarlyStopping
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    history: list[dict[str, Any]]
+    stopped_early: bool
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train a decoder on a prepared manifest and its extracted features."""
+    run_dir = Path(config.out)
+    state_dir = run_dir / "checkpoint"
+    if has_training_state(state_dir) and not resume:
+        raise CaptionerError(
+            f"{run_dir} already holds a training run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    if resume and not has_training_state(state_dir):
+        raise CaptionerError(f"{state_dir}: nothing to resume (no training state found)")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+
+    manifest = Manifest.load(Path(config.manifest))
+    features_dir = Path(config.features)
+    train_cache = FeatureCache.open(features_dir / "train")
+    val_cache = FeatureCache.open(features_dir / "val", expected=train_cache.header)
+
+    vocab_path = run_dir / "vocab.json"
+    if resume:
+        vocab = Vocabulary.load(vocab_path)
+    else:
+        train_captions = [c for r in manifest.split("train") for c in r.captions]
+        vocab = Vocabulary.build(train_captions, config.vocab_size, config.min_word_count)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        vocab.save(vocab_path)
+        atomic_write_json(run_dir / "train_config.json", config.to_dict())
+
+    train_data = pair_captions(train_cache, manifest.split("train"), vocab, config.max_caption_length)
+    val_data = pair_captions(val_cache, manifest.split("val"), vocab, config.max_caption_length)
+    channels, regions = int(train_cache.header["channels"]), int(np.prod(train_cache.header["grid"]))
+    model_config = ModelConfig(
+        vocab_size=len(vocab),
+        feature_channels=channels,
+        num_regions=regions,
+        encoder_dim=config.encoder_dim,
+        embed_dim=config.embed_dim,
+        attention_dim=config.attention_dim,
+        hidden_dim=config.hidden_dim,
+        dropout=config.dropout,
+        init_hidden=config.init_hidden,
+    )
+    model = ShowAttendTell(model_config).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
+        if config.lr_schedule == "plateau"
+        else None
+    )
+    stopper = EarlyStopping(config.patience, config.min_delta)
+    history: list[dict[str, Any]] = []
+    start_epoch, global_step = 1, 0
+    if resume:
+        progress = load_training_state(state_dir, model, optimizer, scheduler)
+        stopper.load_state_dict(progress["early_stopping"])
+        history = progress["history"]
+        start_epoch, global_step = progress["epoch"] + 1, progress["global_step"]
+
+    backbone_header = {k: train_cache.header[k] for k in
+                       ("backbone", "weights_id", "preprocessing", "grid", "channels")}
+    check_backbone_matches(val_cache.header, backbone_header)
+    train_loader = _loader(train_cache, train_data, config, shuffle=True)
+    val_loader = _loader(val_cache, val_data, config, shuffle=False)
+    writer = _tensorboard(run_dir / "tensorboard")
+    _print(config, f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
+           f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}")
+    for name, data in (("train", train_data), ("val", val_data)):
+        if data.images_without_features:
+            _print(config, f"{name}: {len(data.images_without_features)} images skipped "
+                   f"(no features, e.g. {data.images_without_features[:3]})")
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stopper.should_stop:
+            break
+        started = time.perf_counter()
+        train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # type: ignore[union-attr]
+        train_loss, global_step = _train_epoch(
+            model, train_loader, optimizer, config, device, epoch, global_step, writer
+        )
+        val_loss = evaluate_loss(model, val_loader, device)
+        seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                  "seconds": round(seconds, 2),
+                  "captions_per_s": round(len(train_data.rows) / max(seconds, 1e-9), 1)}
+        history.append(record)
+        if writer is not None:
+            writer.add_scalar("loss/train", train_loss, epoch)
+            writer.add_scalar("loss/val", val_loss, epoch)
+            writer.add_scalar("lr", lr, epoch)
+            writer.flush()
+        improved = stopper.update(val_loss, epoch)
+        if improved:
+            info = {"epoch": epoch, "val_loss": val_loss, "manifest": str(config.manifest),
+                    "train_images": len(set(train_data.rows)), "source": manifest.source}
+            Captioner(model, vocab, backbone_header, info).save_pretrained(run_dir / "model")
+        if scheduler is not None:
+            scheduler.step(val_loss)
+        progress = {"epoch": epoch, "global_step": global_step, "history": history,
+                    "early_stopping": stopper.state_dict()}
+        save_training_state(state_dir, model, optimizer, scheduler, progress)
+        atomic_write_json(run_dir / "history.json", history)
+        _plot(history, run_dir / "loss_curve.png")
+        _print(config, f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+               f"{' (best)' if improved else ''}, {seconds:.1f}s, lr {lr:.2e}")
+    if writer is not None:
+        writer.close()
+    # Early stopping restores the best weights: the exported model is the best epoch's.
+    load_state(model, run_dir / "model" / "model.safetensors")
+    return TrainResult(
+        run_dir=run_dir,
+        model_dir=run_dir / "model",
+        best_epoch=stopper.best_epoch,
+        best_val_loss=float(stopper.best) if stopper.best is not None else math.nan,
+        epochs_run=len(history),
+        history=history,
+        stopped_early=stopper.should_stop,
+    )
+
+
+def _train_epoch(
+    model: ShowAttendTell,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    global_step: int,
+    writer: Any | None,
+) -> tuple[float, int]:
+    model.train()
+    total, tokens_seen, captions_seen = 0.0, 0, 0
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not config.progress,
+               leave=False, dynamic_ncols=True)
+    for features, captions in bar:
+        features, captions = features.to(device), captions.to(device)
+        out = model(features, captions)
+        targets = captions[:, 1:]
+        loss, ce = caption_loss(
+            out.logits, targets, out.attention, config.attention_lambda, config.label_smoothing
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        n_tokens = int((targets != 0).sum())
+        total += float(ce) * n_tokens
+        tokens_seen += n_tokens
+        captions_seen += captions.shape[0]
+        global_step += 1
+        rate = captions_seen / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(loss=f"{float(ce):.3f}", captions_s=f"{rate:.0f}")
+        if writer is not None and global_step % max(config.log_every, 1) == 0:
+            writer.add_scalar("loss/train_batch", float(ce), global_step)
+    return total / max(tokens_seen, 1), global_step
+
+
+@torch.inference_mode()
+def evaluate_loss(model: ShowAttendTell, loader: DataLoader, device: torch.device) -> float:
+    """Token-averaged cross-entropy with teacher forcing (no regulariser)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for features, captions in loader:
+        features, captions = features.to(device), captions.to(device)
+        out = model(features, captions)
+        targets = captions[:, 1:]
+        _, ce = caption_loss(out.logits, targets, out.attention)
+        n = int((targets != 0).sum())
+        total += float(ce) * n
+        tokens += n
+    return total / max(tokens, 1)
+
+
+def _loader(cache: FeatureCache, data: Any, config: TrainConfig, shuffle: bool) -> DataLoader:
+    return DataLoader(
+        CaptionFeatureDataset(cache, data),
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        num_workers=config.num_workers,
+        collate_fn=collate_captions,
+        generator=torch.Generator() if shuffle else None,
+        persistent_workers=config.num_workers > 0,
+    )
+
+
+def _tensorboard(folder: Path) -> Any | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training usable without it
+        return None
+    return SummaryWriter(str(folder))
+
+
+def _plot(history: list[dict[str, Any]], path: Path) -> None:
+    from captioner.viz import plot_loss_curve
+
+    plot_loss_curve(history, path)
+
+
+def _print(config: TrainConfig, message: str) -> None:
+    if config.progress:
+        tqdm.write(message)
+    else:
+        print(message, flush=True)
+
+
+def load_history(run_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
