@@ -17,17 +17,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="read annotations and write a dataset manifest")
-    p.add_argument("annotations", type=Path, help="COCO/Karpathy json, Flickr token file, CSV or JSONL")
-    p.add_argument("--images", type=Path, required=True, help="folder the image names are relative to")
+    p.add_argument(
+        "annotations", type=Path, help="COCO/Karpathy json, Flickr token file, CSV or JSONL"
+    )
+    p.add_argument(
+        "--images", type=Path, required=True, help="folder the image names are relative to"
+    )
     p.add_argument("--out", type=Path, required=True, help="manifest file to write (JSON)")
-    p.add_argument("--format", default="auto",
-                   choices=["auto", "coco", "karpathy", "flickr", "csv", "jsonl"])
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "coco", "karpathy", "flickr", "csv", "jsonl"]
+    )
     p.add_argument("--max-images", type=int, default=None, help="keep the first N usable images")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the split by image")
-    p.add_argument("--keep-restval", action="store_true",
-                   help="keep Karpathy 'restval' as its own split instead of adding it to train")
+    p.add_argument(
+        "--keep-restval",
+        action="store_true",
+        help="keep Karpathy 'restval' as its own split instead of adding it to train",
+    )
 
     p = sub.add_parser("extract", help="run a pretrained CNN over the images; cache the features")
     p.add_argument("--manifest", type=Path, required=True)
@@ -52,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any training setting, e.g. --set dropout=0.3 attention_lambda=1")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any training setting, e.g. --set dropout=0.3 attention_lambda=1",
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("caption", help="caption images or folders of images")

@@ -54,12 +54,16 @@ def run_extract(args: argparse.Namespace) -> int:
     failed_total = 0
     for split, report in reports.items():
         failed_total += len(report.failed)
-        print(f"{split}: {report.total} images, {report.extracted_now} extracted now, "
-              f"{report.already_done} already done, {len(report.failed)} failed")
+        print(
+            f"{split}: {report.total} images, {report.extracted_now} extracted now, "
+            f"{report.already_done} already done, {len(report.failed)} failed"
+        )
         for key, problem in list(report.failed.items())[:10]:
             print(f"  skipped {key}: {problem}")
         if len(report.failed) > 10:
-            print(f"  ... and {len(report.failed) - 10} more (see {args.out / split}/failures.json)")
+            print(
+                f"  ... and {len(report.failed) - 10} more (see {args.out / split}/failures.json)"
+            )
     print(f"features written to {args.out}")
     return 0
 
@@ -69,20 +73,31 @@ def run_train(args: argparse.Namespace) -> int:
     from captioner.training.trainer import train
 
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-    overrides = [f"{k}={v}" for k, v in (
-        ("manifest", args.manifest), ("features", args.features), ("out", args.out),
-        ("epochs", args.epochs), ("batch_size", args.batch_size),
-        ("learning_rate", args.learning_rate), ("patience", args.patience),
-        ("seed", args.seed), ("device", args.device),
-    ) if v is not None]
+    overrides = [
+        f"{k}={v}"
+        for k, v in (
+            ("manifest", args.manifest),
+            ("features", args.features),
+            ("out", args.out),
+            ("epochs", args.epochs),
+            ("batch_size", args.batch_size),
+            ("learning_rate", args.learning_rate),
+            ("patience", args.patience),
+            ("seed", args.seed),
+            ("device", args.device),
+        )
+        if v is not None
+    ]
     if args.no_progress:
         overrides.append("progress=false")
     config = config.override(overrides + list(args.set))
     if not config.manifest or not config.features:
         raise CaptionerError("train needs --manifest and --features (or both in --config)")
     result = train(config, resume=args.resume)
-    print(f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}) after "
-          f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}")
+    print(
+        f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}) after "
+        f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}"
+    )
     print(f"model saved to {result.model_dir}")
     return 0
 
@@ -152,8 +167,8 @@ def run_caption(args: argparse.Namespace) -> int:
 
 
 def write_attention_maps(results: list, folder: Path) -> list[Path]:
-    from captioner.viz import plot_attention
     from captioner.vision.images import load_image
+    from captioner.viz import plot_attention
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -161,16 +176,28 @@ def write_attention_maps(results: list, folder: Path) -> list[Path]:
         if result.error or result.source is None:
             continue
         name = f"{index:04d}_{Path(result.source).stem}.png"
-        written.append(plot_attention(
-            load_image(result.source), result.tokens, result.attention, result.grid,
-            folder / name, title=result.caption,
-        ))
+        written.append(
+            plot_attention(
+                load_image(result.source),
+                result.tokens,
+                result.attention,
+                result.grid,
+                folder / name,
+                title=result.caption,
+            )
+        )
     return written
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from captioner.demo.pipeline import run_demo as demo
 
-    demo(out=args.out, num_images=args.images, epochs=args.epochs, weights=args.weights,
-         seed=args.seed, progress=not args.no_progress)
+    demo(
+        out=args.out,
+        num_images=args.images,
+        epochs=args.epochs,
+        weights=args.weights,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from captioner.data.vocabulary import END_ID, START_ID
+from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
 from captioner.model.decoder import ShowAttendTell
 
 
@@ -22,6 +22,14 @@ class Hypothesis:
     token_log_probs: list[float]  # per word
     attention: np.ndarray  # [len(token_ids), R]
     finished: bool  # True when <end> was emitted before max_length
+
+
+def _allowed_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Float logits with <pad> and <start> made impossible: they are never a next word."""
+    logits = logits.float()
+    logits[:, PAD_ID] = float("-inf")
+    logits[:, START_ID] = float("-inf")
+    return logits
 
 
 @torch.inference_mode()
@@ -63,11 +71,12 @@ def _step_decode(
     chosen, chosen_logp, weights = [], [], []
     for _ in range(max_length):
         logits, hidden, alpha = model.step(tokens, hidden, encoded)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        logits = _allowed_logits(logits)
+        log_probs = torch.log_softmax(logits, dim=-1)
         if temperature is None:
             tokens = log_probs.argmax(dim=-1)
         else:
-            scaled = logits.float() / temperature
+            scaled = logits / temperature
             if top_k > 0:
                 kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
                 scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -109,6 +118,8 @@ def beam_search(
     """
     if beam_size < 1:
         raise ValueError("beam_size must be >= 1")
+    if length_penalty < 0:
+        raise ValueError("length_penalty must be >= 0")
     batch, device = features.shape[0], features.device
     k = beam_size
     encoded = model.encode(features).repeat_interleave(k)
@@ -125,7 +136,7 @@ def beam_search(
 
     for t in range(max_length):
         logits, hidden, alpha = model.step(tokens, hidden, encoded)
-        log_probs = torch.log_softmax(logits.float(), dim=-1).view(batch, k, -1)
+        log_probs = torch.log_softmax(_allowed_logits(logits), dim=-1).view(batch, k, -1)
         alpha = alpha.float().view(batch, k, -1)
         vocab = log_probs.shape[-1]
 
@@ -137,13 +148,16 @@ def beam_search(
             value = float(top_end[b])
             if best[b] is None or value > best[b][0]:
                 j = int(top_end_beam[b])
-                best[b] = (value, Hypothesis(
-                    history[b, j].tolist(),
-                    float(end_scores[b, j]),
-                    step_logps[b, j].tolist(),
-                    attn_history[b, j].cpu().numpy(),
-                    True,
-                ))
+                best[b] = (
+                    value,
+                    Hypothesis(
+                        history[b, j].tolist(),
+                        float(end_scores[b, j]),
+                        step_logps[b, j].tolist(),
+                        attn_history[b, j].cpu().numpy(),
+                        True,
+                    ),
+                )
 
         # Beams that go on: the k best continuations that are not <end>.
         candidates = scores.unsqueeze(-1) + log_probs
@@ -153,13 +167,18 @@ def beam_search(
         word_idx = flat % vocab
         gather = (offsets + beam_idx).flatten()
         word_logp = log_probs.view(batch * k, -1)[gather, word_idx.flatten()].view(batch, k)
-        history = torch.cat([history[torch.arange(batch).unsqueeze(1), beam_idx],
-                             word_idx.unsqueeze(-1)], dim=-1)
-        step_logps = torch.cat([step_logps[torch.arange(batch).unsqueeze(1), beam_idx],
-                                word_logp.unsqueeze(-1)], dim=-1)
+        history = torch.cat(
+            [history[torch.arange(batch).unsqueeze(1), beam_idx], word_idx.unsqueeze(-1)], dim=-1
+        )
+        step_logps = torch.cat(
+            [step_logps[torch.arange(batch).unsqueeze(1), beam_idx], word_logp.unsqueeze(-1)],
+            dim=-1,
+        )
         picked_alpha = alpha[torch.arange(batch).unsqueeze(1), beam_idx]
-        attn_history = torch.cat([attn_history[torch.arange(batch).unsqueeze(1), beam_idx],
-                                  picked_alpha.unsqueeze(2)], dim=2)
+        attn_history = torch.cat(
+            [attn_history[torch.arange(batch).unsqueeze(1), beam_idx], picked_alpha.unsqueeze(2)],
+            dim=2,
+        )
         hidden = hidden[gather]
         tokens = word_idx.flatten()
 
@@ -176,11 +195,13 @@ def beam_search(
             continue
         length = history.shape[-1]
         j = int((scores[b] / float(length) ** length_penalty).argmax())
-        results.append(Hypothesis(
-            history[b, j].tolist(),
-            float(scores[b, j]),
-            step_logps[b, j].tolist(),
-            attn_history[b, j].cpu().numpy(),
-            False,
-        ))
+        results.append(
+            Hypothesis(
+                history[b, j].tolist(),
+                float(scores[b, j]),
+                step_logps[b, j].tolist(),
+                attn_history[b, j].cpu().numpy(),
+                False,
+            )
+        )
     return results

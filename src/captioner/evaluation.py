@@ -10,7 +10,12 @@ from tqdm import tqdm
 
 from captioner.data.manifest import Manifest
 from captioner.features.cache import FeatureCache
-from captioner.model.captioner import CaptionResult, Captioner, DecodeSettings, check_backbone_matches
+from captioner.model.captioner import (
+    Captioner,
+    CaptionResult,
+    DecodeSettings,
+    check_backbone_matches,
+)
 
 
 @dataclass
@@ -42,13 +47,15 @@ def caption_split(
         (todo if row in valid else skipped).append((record, row) if row in valid else record.file)
     results: dict[str, CaptionResult] = {}
     references: dict[str, list[str]] = {}
-    bar = tqdm(total=len(todo), desc=f"captioning {split}", unit="img", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=len(todo), desc=f"captioning {split}", unit="img", disable=not progress, leave=False
+    )
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         feats = np.stack([np.asarray(cache.features(row), dtype=np.float32) for _, row in chunk])
-        for (record, _), result in zip(chunk, captioner.caption_features(feats, decode),
-                                       strict=True):
+        for (record, _), result in zip(
+            chunk, captioner.caption_features(feats, decode), strict=True
+        ):
             result.source = record.file
             results[record.file] = result
             references[record.file] = list(record.captions)

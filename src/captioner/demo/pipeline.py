@@ -52,16 +52,32 @@ def run_demo(
     lap("prepare", t0)
 
     t0 = time.perf_counter()
-    extract_manifest(manifest, out / "features", backbone_name="mobilenet_v2", weights=weights,
-                     batch_size=32, num_workers=2, progress=progress)
+    extract_manifest(
+        manifest,
+        out / "features",
+        backbone_name="mobilenet_v2",
+        weights=weights,
+        batch_size=32,
+        num_workers=2,
+        progress=progress,
+    )
     lap("extract", t0)
 
     t0 = time.perf_counter()
     run_dir = out / "run"
     config = TrainConfig(
-        manifest=str(manifest_path), features=str(out / "features"), out=str(run_dir),
-        epochs=epochs, batch_size=32, learning_rate=2e-3, patience=3, seed=seed,
-        init_hidden="mean", lr_schedule="plateau", progress=progress, log_every=20,
+        manifest=str(manifest_path),
+        features=str(out / "features"),
+        out=str(run_dir),
+        epochs=epochs,
+        batch_size=32,
+        learning_rate=2e-3,
+        patience=3,
+        seed=seed,
+        init_hidden="mean",
+        lr_schedule="plateau",
+        progress=progress,
+        log_every=20,
     )
     from captioner.training.checkpoint import has_training_state
 
@@ -71,12 +87,19 @@ def run_demo(
     t0 = time.perf_counter()
     captioner = Captioner.from_pretrained(result.model_dir, backbone_weights=None)
     report_dir = out / "report"
-    report: dict = {"timings_s": timings, "best_epoch": result.best_epoch,
-                    "best_val_loss": result.best_val_loss, "decoding": {}}
-    for name, decode in (("greedy", DecodeSettings(beam_size=1)),
-                         ("beam3", DecodeSettings(beam_size=3))):
-        split = caption_split(captioner, manifest, out / "features", "test", decode,
-                              progress=progress)
+    report: dict = {
+        "timings_s": timings,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "decoding": {},
+    }
+    for name, decode in (
+        ("greedy", DecodeSettings(beam_size=1)),
+        ("beam3", DecodeSettings(beam_size=3)),
+    ):
+        split = caption_split(
+            captioner, manifest, out / "features", "test", decode, progress=progress
+        )
         hyps = {k: r.caption for k, r in split.results.items()}
         metrics = compute_metrics(split.references, hyps, use_java=False)
         report["decoding"][name] = {
@@ -97,13 +120,19 @@ def run_demo(
     report["total_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(report_dir / "report.json", report)
     for name, scores in report["decoding"].items():
-        print(f"[demo] test split, {name}: exact match {100 * scores['exact_match']:.1f}% "
-              f"of {scores['images']} images, BLEU-4 {scores['BLEU-4']:.1f}, "
-              f"CIDEr {scores['CIDEr']:.1f}")
-    print(f"[demo] report in {report_dir} (captions.tsv, attention/, loss_curve.png, "
-          f"report.json); total {report['total_s']:.0f}s")
-    print(f"[demo] try: captioner caption {manifest.image_root}/shape_00000.png "
-          f"--model {result.model_dir}")
+        print(
+            f"[demo] test split, {name}: exact match {100 * scores['exact_match']:.1f}% "
+            f"of {scores['images']} images, BLEU-4 {scores['BLEU-4']:.1f}, "
+            f"CIDEr {scores['CIDEr']:.1f}"
+        )
+    print(
+        f"[demo] report in {report_dir} (captions.tsv, attention/, loss_curve.png, "
+        f"report.json); total {report['total_s']:.0f}s"
+    )
+    print(
+        f"[demo] try: captioner caption {manifest.image_root}/shape_00000.png "
+        f"--model {result.model_dir}"
+    )
     return report
 
 

@@ -273,8 +273,9 @@ class Captioner:
 def read_model_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a model folder (expected {CONFIG_FILE}, "
-                              f"{WEIGHTS_FILE}, {VOCAB_FILE})")
+        raise CheckpointError(
+            f"{folder}: not a model folder (expected {CONFIG_FILE}, {WEIGHTS_FILE}, {VOCAB_FILE})"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

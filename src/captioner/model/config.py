@@ -25,8 +25,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.init_hidden not in ("zeros", "mean"):
             raise ValueError(f"init_hidden must be 'zeros' or 'mean', not {self.init_hidden!r}")
-        for name in ("vocab_size", "feature_channels", "num_regions", "encoder_dim", "embed_dim",
-                     "attention_dim", "hidden_dim"):
+        for name in (
+            "vocab_size",
+            "feature_channels",
+            "num_regions",
+            "encoder_dim",
+            "embed_dim",
+            "attention_dim",
+            "hidden_dim",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 0.0 <= self.dropout < 1.0:

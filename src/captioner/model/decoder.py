@@ -45,8 +45,12 @@ class ShowAttendTell(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = nn.Sequential(nn.Linear(config.feature_channels, config.encoder_dim), nn.ReLU())
-        self.attention = BahdanauAttention(config.encoder_dim, config.hidden_dim, config.attention_dim)
+        self.encoder = nn.Sequential(
+            nn.Linear(config.feature_channels, config.encoder_dim), nn.ReLU()
+        )
+        self.attention = BahdanauAttention(
+            config.encoder_dim, config.hidden_dim, config.attention_dim
+        )
         self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
         self.gru = nn.GRUCell(config.encoder_dim + config.embed_dim, config.hidden_dim)
         self.fc1 = nn.Linear(config.hidden_dim, config.hidden_dim)

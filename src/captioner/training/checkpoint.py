@@ -89,7 +89,7 @@ def load_training_state(
     except (SafetensorsError, OSError) as exc:
         raise CheckpointError(f"{tensor_path}: unreadable ({exc})") from None
 
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_state, strict=True)
     except RuntimeError as exc:
@@ -111,7 +111,9 @@ def load_training_state(
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     name, pos, has_gauss, cached = meta["rng_numpy"]
-    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(
+        (name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
+    )
     version, internal, gauss = meta["rng_python"]
     random.setstate((version, tuple(internal), gauss))
     return dict(meta["progress"])

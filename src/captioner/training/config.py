@@ -50,7 +50,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("constant", "plateau"):
-            raise CaptionerError(f"lr_schedule must be 'constant' or 'plateau', not {self.lr_schedule!r}")
+            raise CaptionerError(
+                f"lr_schedule must be 'constant' or 'plateau', not {self.lr_schedule!r}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise CaptionerError("epochs, batch_size and patience must be >= 1")
         if self.learning_rate <= 0:

@@ -94,9 +94,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         vocab.save(vocab_path)
         atomic_write_json(run_dir / "train_config.json", config.to_dict())
 
-    train_data = pair_captions(train_cache, manifest.split("train"), vocab, config.max_caption_length)
+    train_data = pair_captions(
+        train_cache, manifest.split("train"), vocab, config.max_caption_length
+    )
     val_data = pair_captions(val_cache, manifest.split("val"), vocab, config.max_caption_length)
-    channels, regions = int(train_cache.header["channels"]), int(np.prod(train_cache.header["grid"]))
+    channels, regions = (
+        int(train_cache.header["channels"]),
+        int(np.prod(train_cache.header["grid"])),
+    )
     model_config = ModelConfig(
         vocab_size=len(vocab),
         feature_channels=channels,
@@ -126,18 +131,26 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         history = progress["history"]
         start_epoch, global_step = progress["epoch"] + 1, progress["global_step"]
 
-    backbone_header = {k: train_cache.header[k] for k in
-                       ("backbone", "weights_id", "preprocessing", "grid", "channels")}
+    backbone_header = {
+        k: train_cache.header[k]
+        for k in ("backbone", "weights_id", "preprocessing", "grid", "channels")
+    }
     check_backbone_matches(val_cache.header, backbone_header)
     train_loader = _loader(train_cache, train_data, config, shuffle=True)
     val_loader = _loader(val_cache, val_data, config, shuffle=False)
     writer = _tensorboard(run_dir / "tensorboard")
-    _print(config, f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
-           f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}")
+    _print(
+        config,
+        f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
+        f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}",
+    )
     for name, data in (("train", train_data), ("val", val_data)):
         if data.images_without_features:
-            _print(config, f"{name}: {len(data.images_without_features)} images skipped "
-                   f"(no features, e.g. {data.images_without_features[:3]})")
+            _print(
+                config,
+                f"{name}: {len(data.images_without_features)} images skipped "
+                f"(no features, e.g. {data.images_without_features[:3]})",
+            )
 
     epoch = start_epoch - 1
     for epoch in range(start_epoch, config.epochs + 1):
@@ -151,9 +164,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         val_loss = evaluate_loss(model, val_loader, device)
         seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                  "seconds": round(seconds, 2),
-                  "captions_per_s": round(len(train_data.rows) / max(seconds, 1e-9), 1)}
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": lr,
+            "seconds": round(seconds, 2),
+            "captions_per_s": round(len(train_data.rows) / max(seconds, 1e-9), 1),
+        }
         history.append(record)
         if writer is not None:
             writer.add_scalar("loss/train", train_loss, epoch)
@@ -162,18 +180,30 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             writer.flush()
         improved = stopper.update(val_loss, epoch)
         if improved:
-            info = {"epoch": epoch, "val_loss": val_loss, "manifest": str(config.manifest),
-                    "train_images": len(set(train_data.rows)), "source": manifest.source}
+            info = {
+                "epoch": epoch,
+                "val_loss": val_loss,
+                "manifest": str(config.manifest),
+                "train_images": len(set(train_data.rows)),
+                "source": manifest.source,
+            }
             Captioner(model, vocab, backbone_header, info).save_pretrained(run_dir / "model")
         if scheduler is not None:
             scheduler.step(val_loss)
-        progress = {"epoch": epoch, "global_step": global_step, "history": history,
-                    "early_stopping": stopper.state_dict()}
+        progress = {
+            "epoch": epoch,
+            "global_step": global_step,
+            "history": history,
+            "early_stopping": stopper.state_dict(),
+        }
         save_training_state(state_dir, model, optimizer, scheduler, progress)
         atomic_write_json(run_dir / "history.json", history)
         _plot(history, run_dir / "loss_curve.png")
-        _print(config, f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-               f"{' (best)' if improved else ''}, {seconds:.1f}s, lr {lr:.2e}")
+        _print(
+            config,
+            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+            f"{' (best)' if improved else ''}, {seconds:.1f}s, lr {lr:.2e}",
+        )
     if writer is not None:
         writer.close()
     # Early stopping restores the best weights: the exported model is the best epoch's.
@@ -202,8 +232,14 @@ def _train_epoch(
     model.train()
     total, tokens_seen, captions_seen = 0.0, 0, 0
     started = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not config.progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        disable=not config.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     for features, captions in bar:
         features, captions = features.to(device), captions.to(device)
         out = model(features, captions)

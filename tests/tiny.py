@@ -1,0 +1,43 @@
+"""Builders of tiny datasets with synthetic feature caches, shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from captioner.data.manifest import ImageRecord, Manifest
+
+from captioner.features.cache import FeatureCache
+
+HEADER = {
+    "backbone": "synthetic",
+    "weights_id": "test",
+    "preprocessing": {"image_size": 8, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+    "grid": [2, 2],
+    "channels": 8,
+}
+
+CAPTIONS = [
+    "a red circle above a blue square",
+    "a green triangle left of a red circle",
+    "a blue square below a green triangle",
+    "a small red square",
+    "a large blue circle",
+    "two green circles",
+]
+
+
+def write_tiny_dataset(root: Path, seed: int = 0) -> tuple[Path, Path, list[ImageRecord]]:
+    """Six images with one distinct caption each; val reuses the same pictures' features."""
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(len(CAPTIONS), 4, 8)).astype(np.float16)
+    records = [ImageRecord(f"img{i}.png", "train", [c]) for i, c in enumerate(CAPTIONS)]
+    val = [ImageRecord(f"val{i}.png", "val", [c]) for i, c in enumerate(CAPTIONS)]
+    manifest = Manifest(root / "images", records + val, {"format": "test"}, {})
+    manifest_path = root / "manifest.json"
+    manifest.save(manifest_path)
+    for split, recs in (("train", records), ("val", val)):
+        cache = FeatureCache.create(root / "features" / split, HEADER, [r.file for r in recs])
+        cache.write(np.arange(len(recs)), feats)
+        cache.flush()
+    return manifest_path, root / "features", records
