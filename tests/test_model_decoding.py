@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 import torch
-from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
 
+from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
 from captioner.decoding import beam_search, greedy_decode, sample_decode
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
@@ -104,27 +104,32 @@ def test_beam_search_without_end_still_returns_best_hypothesis_at_max_length() -
 
 def sequence_log_prob(model: ShowAttendTell, feats: torch.Tensor, words: list[int]) -> float:
     caps = torch.tensor([[START_ID, *words]])
-    out = model(feats, caps)
-    logp = torch.log_softmax(out.logits, -1)[0]
+    logits = model(feats, caps).logits
+    logits[..., [PAD_ID, START_ID]] = float("-inf")  # never a next word, as in decoding
+    logp = torch.log_softmax(logits, -1)[0]
     return float(sum(logp[t, w] for t, w in enumerate(words)))
 
 
 def test_wide_beam_finds_the_exact_most_probable_caption() -> None:
-    model = make_model(vocab_size=6, seed=4)  # 2 real words: 4 and 5
-    feats = torch.randn(1, 4, 8)
+    model = make_model(vocab_size=6, seed=4)  # 2 real words (4, 5) and <unk>
     max_length = 3
-    best_score, best_words = float("-inf"), None
-    with torch.no_grad():
-        for n in range(0, max_length):
-            for words in itertools.product([3, 4, 5], repeat=n):
-                score = sequence_log_prob(model, feats, [*words, END_ID])
-                if score > best_score:
-                    best_score, best_words = score, list(words)
-    hyp = beam_search(model, feats, beam_size=64, max_length=max_length, length_penalty=0.0)[0]
-    # Unfinished hypotheses of max_length words compete too; only compare when one ended.
-    if hyp.finished:
-        assert hyp.token_ids == best_words
-        assert hyp.log_prob == pytest.approx(best_score, abs=1e-4)
+    for seed in range(5):
+        feats = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(seed))
+        candidates = []  # (score, words, finished): every caption beam search may return
+        with torch.no_grad():
+            for n in range(0, max_length + 1):
+                for words in itertools.product([3, 4, 5], repeat=n):
+                    if n < max_length:
+                        score = sequence_log_prob(model, feats, [*words, END_ID])
+                        candidates.append((score, list(words), True))
+                    else:
+                        score = sequence_log_prob(model, feats, list(words))
+                        candidates.append((score, list(words), False))
+        best_score, best_words, best_finished = max(candidates, key=lambda c: c[0])
+        hyp = beam_search(model, feats, beam_size=64, max_length=max_length, length_penalty=0.0)
+        assert hyp[0].token_ids == best_words
+        assert hyp[0].finished == best_finished
+        assert hyp[0].log_prob == pytest.approx(best_score, abs=1e-4)
 
 
 def test_beam_of_one_scores_at_least_the_greedy_caption() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from captioner.data.manifest import ImageRecord, Manifest
 
+from captioner.data.manifest import ImageRecord, Manifest
 from captioner.features.cache import FeatureCache
 
 HEADER = {

@@ -113,8 +113,9 @@ def beam_search(
     """Batched beam search over all images at once.
 
     Hypotheses are ranked by log_prob / length**length_penalty (length counts <end>).
-    An image none of whose beams emits <end> within ``max_length`` words still gets its best
-    unfinished beam (the failure of sgrvinod's tutorial, issues #18/#142, is not repeated).
+    Every live beam followed by <end> is a candidate at every step; at ``max_length`` the
+    beams still alive compete too, so an image none of whose beams emits <end> still gets its
+    best hypothesis (the failure of sgrvinod's tutorial, issues #18/#142, is not repeated).
     """
     if beam_size < 1:
         raise ValueError("beam_size must be >= 1")
@@ -188,13 +189,15 @@ def beam_search(
         if all(best[b] is not None and best[b][0] >= float(bound[b]) for b in range(batch)):
             break
 
+    # Beams still alive at max_length compete with the finished ones on the same footing.
+    length = history.shape[-1]
+    alive_norm = scores / float(max(length, 1)) ** length_penalty
     results = []
     for b in range(batch):
-        if best[b] is not None:
+        j = int(alive_norm[b].argmax())
+        if best[b] is not None and best[b][0] >= float(alive_norm[b, j]):
             results.append(best[b][1])
             continue
-        length = history.shape[-1]
-        j = int((scores[b] / float(length) ** length_penalty).argmax())
         results.append(
             Hypothesis(
                 history[b, j].tolist(),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from captioner.data.vocabulary import Vocabulary
@@ -296,7 +296,7 @@ def load_state(model: torch.nn.Module, path: Path) -> None:
     """Load safetensors weights strictly, with a clear message on any mismatch."""
     try:
         state = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from captioner.errors import CheckpointError
@@ -86,7 +86,7 @@ def load_training_state(
         raise CheckpointError(f"{tensor_path}: missing or does not match {meta_path}")
     try:
         tensors = load_file(str(tensor_path))
-    except (SafetensorsError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{tensor_path}: unreadable ({exc})") from None
 
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
