@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the embedded default: shapes dataset, end to end")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--images", type=int, default=1200, help="number of generated scenes")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--weights", default="DEFAULT", help="MobileNetV2 weights (DEFAULT: offline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -8,6 +8,7 @@ loss curve, exact-match rate and BLEU-4).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from captioner.training.trainer import train
 def run_demo(
     out: Path = Path("runs/demo"),
     num_images: int = 1200,
-    epochs: int = 12,
+    epochs: int = 20,
     weights: str = "DEFAULT",
     seed: int = 0,
     progress: bool = True,
@@ -75,13 +76,12 @@ def run_demo(
         patience=3,
         seed=seed,
         init_hidden="mean",
+        position_embedding=True,
         lr_schedule="plateau",
         progress=progress,
         log_every=20,
     )
-    from captioner.training.checkpoint import has_training_state
-
-    result = train(config, resume=has_training_state(run_dir / "checkpoint"))
+    result = train(config, resume=_resumable(run_dir, config))
     lap("train", t0)
 
     t0 = time.perf_counter()
@@ -134,6 +134,22 @@ def run_demo(
         f"--model {result.model_dir}"
     )
     return report
+
+
+def _resumable(run_dir: Path, config: TrainConfig) -> bool:
+    """Resume a killed demo run with the same settings; start afresh after a change."""
+    from captioner.training.checkpoint import has_training_state
+
+    saved = run_dir / "train_config.json"
+    if (
+        has_training_state(run_dir / "checkpoint")
+        and saved.is_file()
+        and json.loads(saved.read_text(encoding="utf-8")) == config.to_dict()
+    ):
+        return True
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return False
 
 
 def _write_captions(path: Path, references: dict[str, list[str]], hyps: dict[str, str]) -> None:

@@ -21,6 +21,9 @@ class ModelConfig:
     hidden_dim: int = 512
     dropout: float = 0.0
     init_hidden: str = "zeros"  # "zeros" as in the seed, or "mean" of the encoded regions
+    # A learned embedding of each region's grid position, added to the encoded regions. The
+    # seed has none, so its context vector says what was seen but not where.
+    position_embedding: bool = False
 
     def __post_init__(self) -> None:
         if self.init_hidden not in ("zeros", "mean"):

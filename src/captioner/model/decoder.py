@@ -58,6 +58,9 @@ class ShowAttendTell(nn.Module):
         self.fc2 = nn.Linear(config.hidden_dim, config.vocab_size)
         if config.init_hidden == "mean":
             self.init_h = nn.Linear(config.encoder_dim, config.hidden_dim)
+        if config.position_embedding:
+            self.positions = nn.Parameter(torch.zeros(config.num_regions, config.encoder_dim))
+            nn.init.normal_(self.positions, std=0.02)
 
     def encode(self, features: torch.Tensor) -> EncodedImages:
         """features [B, R, C] from the backbone -> encoded regions and their projection."""
@@ -67,6 +70,12 @@ class ShowAttendTell(nn.Module):
                 f"got {list(features.shape)}"
             )
         regions = self.encoder(features)
+        if self.config.position_embedding:
+            if features.shape[1] != self.config.num_regions:
+                raise ValueError(
+                    f"expected {self.config.num_regions} regions, got {features.shape[1]}"
+                )
+            regions = regions + self.positions
         return EncodedImages(regions, self.attention.project(regions))
 
     def initial_hidden(self, encoded: EncodedImages) -> torch.Tensor:

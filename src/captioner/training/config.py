@@ -29,6 +29,7 @@ class TrainConfig:
     hidden_dim: int = 512
     dropout: float = 0.0
     init_hidden: str = "zeros"
+    position_embedding: bool = False
     # optimisation
     epochs: int = 30
     batch_size: int = 32

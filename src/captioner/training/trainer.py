@@ -112,6 +112,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         hidden_dim=config.hidden_dim,
         dropout=config.dropout,
         init_hidden=config.init_hidden,
+        position_embedding=config.position_embedding,
     )
     model = ShowAttendTell(model_config).to(device)
     optimizer = torch.optim.Adam(
