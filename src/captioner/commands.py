@@ -189,6 +189,77 @@ def write_attention_maps(results: list, folder: Path) -> list[Path]:
     return written
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    from captioner.data.manifest import Manifest
+    from captioner.evaluation import caption_split
+    from captioner.fileio import atomic_write_json
+    from captioner.metrics import compute_metrics, format_table
+    from captioner.model.captioner import Captioner, DecodeSettings
+    from captioner.training.trainer import resolve_device
+
+    started = time.perf_counter()
+    captioner = Captioner.from_pretrained(
+        args.model, device=resolve_device(args.device), backbone_weights=None
+    )
+    manifest = Manifest.load(args.manifest)
+    if args.split not in manifest.split_names():
+        raise CaptionerError(
+            f"{args.manifest}: no split {args.split!r} (has {', '.join(manifest.split_names())})"
+        )
+    decode = DecodeSettings(
+        beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty
+    )
+    split = caption_split(
+        captioner,
+        manifest,
+        args.features,
+        args.split,
+        decode,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    hyps = {key: result.caption for key, result in split.results.items()}
+    report = compute_metrics(split.references, hyps, use_java=False if args.no_java else None)
+    seconds = time.perf_counter() - started
+    print(
+        f"{args.split} split of {args.manifest}: {report.num_images} images, "
+        f"{decode.describe()}, tokenizer {report.tokenizer}"
+    )
+    print(format_table(report))
+    for note in report.skipped:
+        print(f"note: {note}")
+    if split.skipped:
+        print(f"note: {len(split.skipped)} images without features were not evaluated")
+    if args.output:
+        atomic_write_json(
+            args.output,
+            {
+                "scores": report.scores,
+                "tokenizer": report.tokenizer,
+                "skipped_metrics": report.skipped,
+                "num_images": report.num_images,
+                "images_without_features": split.skipped,
+                "split": args.split,
+                "manifest": str(args.manifest),
+                "model": str(args.model),
+                "model_info": captioner.info,
+                "decoding": {
+                    "beam_size": decode.beam_size,
+                    "max_length": decode.max_length,
+                    "length_penalty": decode.length_penalty,
+                },
+                "seconds": round(seconds, 2),
+                "captions": {
+                    k: {"generated": hyps[k], "references": split.references[k]} for k in hyps
+                },
+            },
+        )
+        print(f"report written to {args.output}")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from captioner.demo.pipeline import run_demo as demo
 
