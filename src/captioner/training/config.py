@@ -92,8 +92,11 @@ class TrainConfig:
                 raise CaptionerError(f"bad override {item!r}: expected KEY=VALUE with a known KEY")
             value = yaml.safe_load(raw)
             current = data[key]
-            if isinstance(current, float) and isinstance(value, int):
-                value = float(value)
+            if isinstance(current, float) and isinstance(value, int | str):
+                try:  # YAML reads "2e-3" as a string and "1" as an int
+                    value = float(value)
+                except ValueError:
+                    pass
             if current is not None and not isinstance(value, type(current)):
                 raise CaptionerError(
                     f"bad override {item!r}: {key} expects {type(current).__name__}"
