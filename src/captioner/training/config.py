@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,9 @@ class TrainConfig:
             value = yaml.safe_load(raw)
             current = data[key]
             if isinstance(current, float) and isinstance(value, int | str):
-                try:  # YAML reads "2e-3" as a string and "1" as an int
+                # YAML reads "2e-3" as a string and "1" as an int
+                with contextlib.suppress(ValueError):
                     value = float(value)
-                except ValueError:
-                    pass
             if current is not None and not isinstance(value, type(current)):
                 raise CaptionerError(
                     f"bad override {item!r}: {key} expects {type(current).__name__}"
