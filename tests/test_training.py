@@ -133,3 +133,20 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
     wb = load_file(str(resumed.model_dir / "model.safetensors"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key])
+
+
+def test_selection_on_cider_decodes_validation_and_keeps_the_best_metric_epoch(
+    tmp_path: Path,
+) -> None:
+    config = tiny_config(tmp_path, epochs=8, select_on="CIDEr", patience=100)
+    result = train(config)
+    assert result.select_on == "CIDEr"
+    cider = [h["val_CIDEr"] for h in result.history]
+    assert all("val_BLEU-4" in h for h in result.history)
+    best = max(range(len(cider)), key=lambda i: (cider[i], -i))
+    assert result.best_epoch == result.history[best]["epoch"]
+    assert result.best_score == pytest.approx(cider[best])
+    info = json.loads((result.model_dir / "config.json").read_text())["info"]
+    assert info["select_on"] == "CIDEr" and info["val_scores"]["CIDEr"] == pytest.approx(
+        cider[best]
+    )

@@ -35,11 +35,13 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_extract(args: argparse.Namespace) -> int:
     from captioner.data.manifest import Manifest
+    from captioner.denoise.commands import load_for_pipeline
     from captioner.features.extract import extract_manifest
     from captioner.training.trainer import resolve_device
 
     manifest = Manifest.load(args.manifest)
     splits = args.splits.split(",") if args.splits else None
+    denoiser = load_for_pipeline(args.denoise)
     reports = extract_manifest(
         manifest,
         args.out,
@@ -50,6 +52,8 @@ def run_extract(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=str(resolve_device(args.device)),
         progress=not args.no_progress,
+        image_transform=denoiser,
+        extra_header={"image_transform": f"denoiser-{denoiser.weights_id}" if denoiser else None},
     )
     failed_total = 0
     for split, report in reports.items():
@@ -95,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise CaptionerError("train needs --manifest and --features (or both in --config)")
     result = train(config, resume=args.resume)
     print(
-        f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}) after "
+        f"best epoch {result.best_epoch} ({result.select_on} {result.best_score:.4f}) after "
         f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}"
     )
     print(f"model saved to {result.model_dir}")
@@ -119,10 +123,12 @@ def expand_images(inputs: list[Path]) -> list[Path]:
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    from captioner.denoise.commands import load_for_pipeline
     from captioner.model.captioner import Captioner
     from captioner.training.trainer import resolve_device
 
     images = expand_images(args.inputs)
+    denoiser = load_for_pipeline(args.denoise, device=str(resolve_device(args.device)))
     captioner = Captioner.from_pretrained(
         args.model, device=resolve_device(args.device), backbone_weights=args.backbone_weights
     )
@@ -131,6 +137,7 @@ def run_caption(args: argparse.Namespace) -> int:
         beam_size=1 if args.greedy else args.beam_size,
         max_length=args.max_length,
         batch_size=args.batch_size,
+        image_transform=denoiser,
         skip_errors=True,
         sample=args.sample,
         temperature=args.temperature,
@@ -258,6 +265,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         print(f"report written to {args.output}")
     return 0
+
+
+def run_denoise(args: argparse.Namespace) -> int:
+    from captioner.denoise.commands import run_denoise
+
+    return run_denoise(args)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from captioner.serve.run import serve
+
+    return serve(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:

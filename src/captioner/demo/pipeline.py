@@ -90,7 +90,7 @@ def run_demo(
     report: dict = {
         "timings_s": timings,
         "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
+        "best_score": result.best_score,
         "decoding": {},
     }
     for name, decode in (

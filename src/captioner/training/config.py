@@ -11,6 +11,8 @@ import yaml
 
 from captioner.errors import CaptionerError
 
+SELECTABLE = ("val_loss", "BLEU-4", "CIDEr")
+
 
 @dataclass
 class TrainConfig:
@@ -42,6 +44,12 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "constant" | "plateau" (halve on a val-loss plateau)
     patience: int = 3
     min_delta: float = 0.0
+    # model selection: the validation loss, or a caption metric computed by real decoding
+    select_on: str = "val_loss"  # "val_loss" | "BLEU-4" | "CIDEr"
+    eval_every: int = (
+        0  # decode the validation split every N epochs (0: only if select_on needs it)
+    )
+    eval_beam_size: int = 1
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -59,6 +67,10 @@ class TrainConfig:
             raise CaptionerError("epochs, batch_size and patience must be >= 1")
         if self.learning_rate <= 0:
             raise CaptionerError("learning_rate must be > 0")
+        if self.select_on not in SELECTABLE:
+            raise CaptionerError(f"select_on must be one of {', '.join(SELECTABLE)}")
+        if self.select_on != "val_loss" and self.eval_every < 1:
+            self.eval_every = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

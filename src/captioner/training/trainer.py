@@ -28,7 +28,12 @@ from captioner.data.vocabulary import Vocabulary
 from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
 from captioner.fileio import atomic_write_json
-from captioner.model.captioner import Captioner, check_backbone_matches, load_state
+from captioner.model.captioner import (
+    Captioner,
+    DecodeSettings,
+    check_backbone_matches,
+    load_state,
+)
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
 from captioner.model.losses import caption_loss
@@ -47,7 +52,8 @@ class TrainResult:
     run_dir: Path
     model_dir: Path
     best_epoch: int
-    best_val_loss: float
+    best_score: float  # of ``select_on`` at the best epoch
+    select_on: str
     epochs_run: int
     history: list[dict[str, Any]]
     stopped_early: bool
@@ -123,7 +129,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         if config.lr_schedule == "plateau"
         else None
     )
-    stopper = EarlyStopping(config.patience, config.min_delta)
+    stopper = EarlyStopping(
+        config.patience, config.min_delta, mode="min" if config.select_on == "val_loss" else "max"
+    )
     history: list[dict[str, Any]] = []
     start_epoch, global_step = 1, 0
     if resume:
@@ -173,17 +181,30 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             "seconds": round(seconds, 2),
             "captions_per_s": round(len(train_data.rows) / max(seconds, 1e-9), 1),
         }
+        scores = {"val_loss": val_loss}
+        if config.eval_every and epoch % config.eval_every == 0:
+            scores.update(validation_metrics(model, vocab, backbone_header, manifest, config))
+            record.update(
+                {f"val_{name}": value for name, value in scores.items() if name != "val_loss"}
+            )
         history.append(record)
         if writer is not None:
             writer.add_scalar("loss/train", train_loss, epoch)
             writer.add_scalar("loss/val", val_loss, epoch)
+            for name in ("BLEU-4", "CIDEr"):
+                if name in scores:
+                    writer.add_scalar(f"metric/val_{name}", scores[name], epoch)
             writer.add_scalar("lr", lr, epoch)
             writer.flush()
-        improved = stopper.update(val_loss, epoch)
+        improved = False
+        if config.select_on in scores:
+            improved = stopper.update(scores[config.select_on], epoch)
         if improved:
             info = {
                 "epoch": epoch,
                 "val_loss": val_loss,
+                "val_scores": scores,
+                "select_on": config.select_on,
                 "manifest": str(config.manifest),
                 "train_images": len(set(train_data.rows)),
                 "source": manifest.source,
@@ -200,9 +221,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         save_training_state(state_dir, model, optimizer, scheduler, progress)
         atomic_write_json(run_dir / "history.json", history)
         _plot(history, run_dir / "loss_curve.png")
+        metric_text = "".join(
+            f", val {name} {value:.1f}" for name, value in scores.items() if name != "val_loss"
+        )
         _print(
             config,
-            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{metric_text}"
             f"{' (best)' if improved else ''}, {seconds:.1f}s, lr {lr:.2e}",
         )
     if writer is not None:
@@ -213,7 +237,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         run_dir=run_dir,
         model_dir=run_dir / "model",
         best_epoch=stopper.best_epoch,
-        best_val_loss=float(stopper.best) if stopper.best is not None else math.nan,
+        best_score=float(stopper.best) if stopper.best is not None else math.nan,
+        select_on=config.select_on,
         epochs_run=len(history),
         history=history,
         stopped_early=stopper.should_stop,
@@ -263,6 +288,32 @@ def _train_epoch(
         if writer is not None and global_step % max(config.log_every, 1) == 0:
             writer.add_scalar("loss/train_batch", float(ce), global_step)
     return total / max(tokens_seen, 1), global_step
+
+
+def validation_metrics(
+    model: ShowAttendTell,
+    vocab: Vocabulary,
+    backbone_header: dict[str, Any],
+    manifest: Manifest,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """BLEU-4 and CIDEr of real decoding (not teacher forcing) on the validation split."""
+    from captioner.evaluation import caption_split
+    from captioner.metrics import compute_metrics
+
+    model.eval()
+    decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_caption_length)
+    split = caption_split(
+        Captioner(model, vocab, backbone_header),
+        manifest,
+        Path(config.features),
+        "val",
+        decode,
+        progress=False,
+    )
+    hyps = {key: result.caption for key, result in split.results.items()}
+    report = compute_metrics(split.references, hyps, use_java=False)
+    return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
 
 
 @torch.inference_mode()
