@@ -150,3 +150,16 @@ def test_batched_beam_equals_one_image_at_a_time() -> None:
     assert [h.token_ids for h in batched] == [h.token_ids for h in single]
     for a, b in zip(batched, single, strict=True):
         assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+
+
+def test_teacher_forcing_equals_step_by_step_decoding() -> None:
+    model = make_model(position_embedding=True, init_hidden="mean")
+    feats = torch.randn(2, 4, 8)
+    caps = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 8, 9, END_ID, PAD_ID]])
+    out = model(feats, caps)
+    encoded = model.encode(feats)
+    hidden = model.initial_hidden(encoded)
+    for t in range(caps.shape[1] - 1):
+        logits, hidden, alpha = model.step(caps[:, t], hidden, encoded)
+        torch.testing.assert_close(logits, out.logits[:, t])
+        torch.testing.assert_close(alpha, out.attention[:, t])

@@ -88,20 +88,33 @@ class ShowAttendTell(nn.Module):
         self, tokens: torch.Tensor, hidden: torch.Tensor, encoded: EncodedImages
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One word: tokens [B] and hidden [B, H] -> (logits [B, V], hidden, attention [B, R])."""
+        hidden, weights = self._advance(self.embedding(tokens), hidden, encoded)
+        return self.output(hidden), hidden, weights
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., H] -> word logits [..., V]."""
+        return self.fc2(self.dropout(self.fc1(hidden)))
+
+    def _advance(
+        self, embedded: torch.Tensor, hidden: torch.Tensor, encoded: EncodedImages
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         context, weights = self.attention(encoded.regions, encoded.projected, hidden)
-        inputs = torch.cat([context, self.embedding(tokens)], dim=-1)
-        hidden = self.gru(inputs, hidden)
-        logits = self.fc2(self.dropout(self.fc1(hidden)))
-        return logits, hidden, weights
+        hidden = self.gru(torch.cat([context, embedded], dim=-1), hidden)
+        return hidden, weights
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> TeacherForcingOutput:
-        """Teacher forcing: captions [B, L] start with <start>; predicts captions[:, 1:]."""
+        """Teacher forcing: captions [B, L] start with <start>; predicts captions[:, 1:].
+
+        Only the recurrence runs step by step; embeddings and the output layers are applied
+        to all steps at once.
+        """
         encoded = self.encode(features)
         hidden = self.initial_hidden(encoded)
-        steps = captions.shape[1] - 1
-        logits, attention = [], []
-        for t in range(steps):
-            step_logits, hidden, weights = self.step(captions[:, t], hidden, encoded)
-            logits.append(step_logits)
+        embedded = self.embedding(captions[:, :-1])
+        states, attention = [], []
+        for t in range(embedded.shape[1]):
+            hidden, weights = self._advance(embedded[:, t], hidden, encoded)
+            states.append(hidden)
             attention.append(weights)
-        return TeacherForcingOutput(torch.stack(logits, dim=1), torch.stack(attention, dim=1))
+        logits = self.output(torch.stack(states, dim=1))
+        return TeacherForcingOutput(logits, torch.stack(attention, dim=1))
