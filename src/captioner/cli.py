@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from captioner.denoise.commands import add_denoise_option, add_denoise_parser
 from captioner.errors import CaptionerError
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_denoise_option(p)
 
     p = sub.add_parser("train", help="train the attention decoder on cached features")
     p.add_argument("--manifest", type=Path, help="manifest written by `prepare`")
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backbone-weights", default="DEFAULT")
+    add_denoise_option(p)
     p.add_argument("--device", default="auto")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON output")
@@ -110,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="DEFAULT", help="MobileNetV2 weights (DEFAULT: offline)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+
+    add_denoise_parser(sub)
+
+    p = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn)")
+    p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
+    p.add_argument("--denoise", type=Path, metavar="CKPT", help="denoiser offered to requests")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default ≤ 4)")
+    p.add_argument("--backbone-weights", default="DEFAULT")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="per image file")
+    p.add_argument("--max-images", type=int, default=8, help="images per request")
+    p.add_argument("--max-queue", type=int, default=32, help="waiting requests before 503")
+    p.add_argument("--max-batch", type=int, default=8, help="images per model call")
+    p.add_argument("--metrics", type=Path, help="JSON report shown by /v1/model")
+    p.add_argument("--log-level", default="info")
     return parser
 
 

@@ -1,0 +1,244 @@
+"""The FastAPI application: the caption API, model information, samples and the web page.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoint signatures at run
+time, and their limits come from ``create_app``'s settings (closure variables).
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+import torch
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from captioner.model.captioner import Captioner
+from captioner.serve.errors import ApiError, add_error_handlers
+from captioner.serve.limits import BodyLimitMiddleware
+from captioner.serve.modelinfo import model_summary
+from captioner.serve.responses import caption_response
+from captioner.serve.samples import available_samples, sample_png
+from captioner.serve.schemas import (
+    CaptionResponse,
+    ErrorResponse,
+    HealthResponse,
+    ModelResponse,
+    Sample,
+)
+from captioner.serve.uploads import decode_upload, read_uploads
+from captioner.serve.worker import (
+    Denoiser,
+    JobOptions,
+    JobOutput,
+    ModelWorker,
+    WorkerBusy,
+    WorkerStopped,
+)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500, 503, 504)
+}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and knobs of the service (``captioner serve`` options map onto these)."""
+
+    max_upload_bytes: int = 10 * 2**20  # per image file
+    max_images: int = 8  # per request
+    max_pixels: int = 40_000_000  # decoded size; above it an image is a possible bomb
+    max_side: int = 1024  # decoded pictures are shrunk to this before queueing
+    max_beam: int = 10
+    max_length: int = 60
+    max_queue: int = 32  # requests waiting for the model; more get 503
+    max_batch: int = 8  # images per model call
+    batch_wait_s: float = 0.002  # how long a lone request waits for company
+    decode_threads: int = 2  # uploads decoded in parallel
+    request_timeout_s: float = 120.0
+    warm_up: bool = False
+    metrics: dict[str, Any] | None = None  # shown by /v1/model (e.g. an evaluate report)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_upload_bytes * self.max_images + 64 * 2**10
+
+
+def create_app(
+    captioner: Captioner,
+    denoiser: Denoiser | None = None,
+    settings: ServeSettings | None = None,
+    **overrides: Any,
+) -> FastAPI:
+    """Build the app around a loaded ``captioner`` (and optional denoiser).
+
+    ``overrides`` replace fields of ``settings``, e.g. ``create_app(c, max_upload_bytes=2**20)``.
+    The model worker thread starts here and stops with the app's lifespan.
+    """
+    settings = replace(settings or ServeSettings(), **overrides)
+    worker = ModelWorker(
+        captioner,
+        denoiser,
+        max_queue=settings.max_queue,
+        max_batch=settings.max_batch,
+        batch_wait_s=settings.batch_wait_s,
+    )
+    worker.start()
+    if settings.warm_up:
+        worker.warm_up()
+    limiter = anyio.CapacityLimiter(settings.decode_threads)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        await anyio.to_thread.run_sync(worker.stop)
+
+    app = FastAPI(
+        title="captioner",
+        summary="Show, Attend and Tell image captions with per-word attention maps.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.worker = worker
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    add_error_handlers(app)
+
+    @app.post(
+        "/v1/caption",
+        response_model=CaptionResponse,
+        responses=ERRORS,
+        summary="Caption one or several uploaded images",
+    )
+    async def caption(
+        image: Annotated[
+            list[UploadFile] | None,
+            File(description="one or more image files (repeat the field for several)"),
+        ] = None,
+        beam_size: Annotated[int, Form(ge=1, le=settings.max_beam)] = 3,
+        max_length: Annotated[int, Form(ge=1, le=settings.max_length)] = 30,
+        attention: Annotated[bool, Form(description="include per-token attention grids")] = True,
+        denoise: Annotated[bool, Form(description="denoise each image first")] = False,
+    ) -> CaptionResponse:
+        t0 = time.perf_counter()
+        if denoise and denoiser is None:
+            raise ApiError(
+                400, "no_denoiser", "this server has no denoiser (start it with --denoise CKPT)"
+            )
+        uploads = await read_uploads(image or [], settings.max_upload_bytes, settings.max_images)
+        pictures = [
+            await anyio.to_thread.run_sync(
+                lambda u=upload: decode_upload(
+                    u, max_pixels=settings.max_pixels, max_side=settings.max_side
+                ),
+                limiter=limiter,
+            )
+            for upload in uploads
+        ]
+        read_ms = (time.perf_counter() - t0) * 1000
+        options = JobOptions(beam_size=beam_size, max_length=max_length, denoise=denoise)
+        output = await run_job(worker, pictures, options, settings.request_timeout_s)
+        return await anyio.to_thread.run_sync(
+            lambda: caption_response(
+                uploads,
+                pictures,
+                output,
+                attention=attention,
+                settings={"beam_size": beam_size, "max_length": max_length, "denoise": denoise},
+                read_ms=read_ms,
+                total_ms=(time.perf_counter() - t0) * 1000,
+            ),
+            limiter=limiter,
+        )
+
+    @app.get("/v1/health", response_model=HealthResponse, summary="Liveness and queue state")
+    async def health() -> HealthResponse:
+        return HealthResponse(
+            status="ok" if worker.alive else "stopped",
+            uptime_s=round(time.time() - started, 1),
+            queued=worker.queued,
+            max_queue=worker.max_queue,
+            served=worker.served,
+            denoiser=denoiser is not None,
+            device=str(captioner.device),
+            threads=torch.get_num_threads(),
+        )
+
+    @app.get("/v1/model", response_model=ModelResponse, summary="What model is served")
+    async def model() -> ModelResponse:
+        return ModelResponse(**model_summary(captioner, settings, denoiser is not None))
+
+    @app.get("/v1/samples", response_model=list[Sample], summary="Sample pictures for the page")
+    async def samples() -> list[Sample]:
+        return [
+            Sample(id=key, name=label, url=f"/v1/samples/{key}")
+            for key, (label, _) in available_samples().items()
+        ]
+
+    @app.get(
+        "/v1/samples/{sample_id}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorResponse}},
+        summary="One sample picture (PNG)",
+    )
+    async def sample(sample_id: str, size: Literal["full", "thumb"] = "full") -> Response:
+        if sample_id not in available_samples():
+            raise ApiError(404, "not_found", f"no sample {sample_id[:40]!r}")
+        data = await anyio.to_thread.run_sync(sample_png, sample_id, size == "thumb")
+        assert data is not None
+        headers = {"Cache-Control": "public, max-age=86400"}
+        return Response(data, media_type="image/png", headers=headers)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+async def run_job(
+    worker: ModelWorker, pictures: list[Any], options: JobOptions, timeout_s: float
+) -> JobOutput:
+    """Queue the pictures for the model worker and wait for them, mapping failures to errors."""
+    try:
+        future = worker.submit(pictures, options)
+    except WorkerBusy as exc:
+        raise ApiError(
+            503, "busy", f"the server is busy ({exc}); retry shortly", {"Retry-After": "1"}
+        ) from None
+    except WorkerStopped as exc:
+        raise ApiError(503, "stopped", str(exc)) from None
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout_s)
+    except TimeoutError:
+        raise ApiError(504, "timeout", "the model did not answer in time") from None
+    except WorkerStopped as exc:
+        raise ApiError(503, "stopped", str(exc)) from None
+    except Exception as exc:  # logged by the worker; the client gets a JSON 500
+        raise ApiError(500, "model_error", f"captioning failed: {type(exc).__name__}") from None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("captioner")
+    except Exception:
+        return "0"
