@@ -1,0 +1,129 @@
+"""A small fully convolutional residual denoiser (U-Net-lite), fast enough for a CPU.
+
+The picture is folded into a half-resolution grid (pixel unshuffle, 3 -> 12 channels) and read
+by a U-Net of plain 3x3 convolutions: each level halves the resolution and doubles the
+channels, and the decoder adds the encoder's features back (skip connections). There are no
+normalisation layers, so a tile gives the same result as the whole image. The network predicts
+the noise, plus a linear 3x3 filter of the input (a learned high-pass that trains in a few
+steps); the clean estimate is ``noisy - noise`` (residual learning, as in DnCNN). Any height and
+width work: the input is reflect-padded to a multiple of :attr:`DenoiserNet.multiple` and
+cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Architecture sizes (saved in the checkpoint's config.json)."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # channels per level, from half resolution down
+    depths: tuple[int, ...] = (2, 2, 3, 4)  # 3x3 conv layers per level (each side of the U)
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.widths or len(self.widths) != len(self.depths):
+            raise ValueError(f"widths and depths need one entry per level: {self}")
+        if min(*self.widths, *self.depths, self.in_channels) < 1:
+            raise ValueError(f"denoiser sizes must be positive: {self}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "widths": list(self.widths),
+            "depths": list(self.depths),
+            "in_channels": self.in_channels,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> DenoiserConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown denoiser settings {unknown}")
+        return cls(
+            widths=tuple(int(w) for w in data.get("widths", cls.widths)),  # type: ignore[attr-defined]
+            depths=tuple(int(d) for d in data.get("depths", cls.depths)),  # type: ignore[attr-defined]
+            in_channels=int(data.get("in_channels", 3)),  # type: ignore[call-overload]
+        )
+
+
+def _convs(channels: int, count: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(count):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class DenoiserNet(nn.Module):
+    """Maps a noisy batch [B, C, H, W] in [0, 1] to its denoised estimate (same shape)."""
+
+    def __init__(self, config: DenoiserConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DenoiserConfig()
+        c, widths, depths = config.in_channels, config.widths, config.depths
+        self.multiple = 2 ** len(widths)  # pixel unshuffle, then one halving per extra level
+        self.head = nn.Sequential(nn.Conv2d(4 * c, widths[0], 3, padding=1), nn.ReLU(True))
+        self.encoders = nn.ModuleList(_convs(w, d) for w, d in zip(widths[:-1], depths[:-1]))
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU(True))
+            for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.bottom = _convs(widths[-1], depths[-1])
+        self.ups = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(b, 4 * a, 1), nn.PixelShuffle(2))
+            for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.decoders = nn.ModuleList(_convs(w, d) for w, d in zip(widths[:-1], depths[:-1]))
+        self.tail = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
+        # A linear path from the input to the noise estimate: a learned high-pass filter.
+        self.linear = nn.Conv2d(4 * c, 4 * c, 3, padding=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):  # He init keeps the signal alive through ReLUs
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        for module in (self.tail, self.linear):  # starts close to the identity (no noise)
+            nn.init.normal_(module.weight, std=1e-3)
+
+    def forward(self, noisy: Tensor) -> Tensor:
+        height, width = noisy.shape[-2:]
+        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
+        x = noisy
+        if pad_h or pad_w:
+            mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        folded = F.pixel_unshuffle(x, 2)
+        h = self.head(folded)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            h = encoder(h)
+            skips.append(h)
+            h = down(h)
+        h = self.bottom(h)
+        for i in reversed(range(len(self.ups))):
+            h = self.decoders[i](self.ups[i](h) + skips[i])
+        noise = F.pixel_shuffle(self.tail(h) + self.linear(folded), 2)
+        return noisy - noise[..., :height, :width]
+
+    def macs_per_pixel(self) -> float:
+        """Multiply-accumulates of one forward pass per input pixel (measured on 64x64)."""
+        total = 0
+
+        def count(module: nn.Module, _: object, output: Tensor) -> None:
+            nonlocal total
+            assert isinstance(module, nn.Conv2d)
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
+            total += output.numel() * k // module.groups
+
+        hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, nn.Conv2d)]
+        try:
+            with torch.no_grad():
+                self(torch.zeros(1, self.config.in_channels, 64, 64))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return total / (64 * 64)

@@ -1,0 +1,95 @@
+"""The denoiser network: any size, tiling, residual learning that overfits one pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from denoise_tiny import TINY, noisy_copy, smooth_picture
+from PIL import Image
+
+from captioner.denoise.denoiser import Denoiser
+from captioner.denoise.metrics import psnr, ssim
+from captioner.denoise.model import DenoiserConfig, DenoiserNet
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (17, 33), (64, 48), (101, 7)])
+def test_any_size_keeps_its_shape(size: tuple[int, int]) -> None:
+    net = DenoiserNet(TINY).eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        assert net(x).shape == x.shape
+
+
+def test_starts_close_to_the_identity() -> None:
+    net = DenoiserNet().eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (net(x) - x).abs().max() < 0.05
+
+
+def test_tiles_give_the_whole_image_result() -> None:
+    torch.manual_seed(0)
+    net = DenoiserNet(TINY)
+    with torch.no_grad():
+        net.tail.weight.normal_(0.0, 0.05)
+    picture = Image.fromarray(noisy_copy(smooth_picture(150, 170), 25))
+    whole = np.asarray(Denoiser(net, "x", tile=512)(picture), dtype=np.int16)
+    tiled = np.asarray(Denoiser(net, "x", tile=64, overlap=16)(picture), dtype=np.int16)
+    assert whole.shape == tiled.shape == (150, 170, 3)
+    assert np.abs(whole - tiled).max() <= 1
+
+
+def test_grey_and_alpha_pictures_come_back_rgb_of_the_same_size() -> None:
+    denoiser = Denoiser(DenoiserNet(TINY), "x")
+    for mode in ("L", "RGBA", "LA", "P", "1"):
+        out = denoiser(Image.new(mode, (23, 11)))
+        assert out.mode == "RGB" and out.size == (23, 11)
+
+
+def test_overfits_one_noisy_pair() -> None:
+    torch.manual_seed(0)
+    clean_np = smooth_picture(48, 48)
+    clean = torch.from_numpy(clean_np).permute(2, 0, 1)[None].float() / 255
+    noisy = torch.from_numpy(noisy_copy(clean_np, 30)).permute(2, 0, 1)[None].float() / 255
+    net = DenoiserNet(DenoiserConfig(widths=(16, 32), depths=(1, 1)))
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    before = float(psnr(net(noisy).detach(), clean))
+    for _ in range(150):
+        loss = F.mse_loss(net(noisy), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(psnr(net(noisy).clamp(0, 1), clean))
+    assert after > before + 5.0, (before, after)
+
+
+def test_config_round_trip_and_bad_sizes() -> None:
+    config = DenoiserConfig(widths=(8, 16, 32), depths=(1, 2, 3))
+    assert DenoiserConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError):
+        DenoiserConfig(widths=(8, 16), depths=(1,))
+    with pytest.raises(ValueError):
+        DenoiserConfig.from_dict({"widths": [8], "depths": [1], "colour": 3})
+    assert DenoiserNet(config).multiple == 8
+
+
+def test_metrics_match_skimage() -> None:
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 50, 3)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+    ta, tb = (torch.from_numpy(z).permute(2, 0, 1)[None] for z in (a, b))
+    expected = metrics.structural_similarity(
+        a,
+        b,
+        data_range=1.0,
+        channel_axis=-1,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
+    assert float(ssim(tb, ta)) == pytest.approx(expected, abs=1e-4)
+    assert float(psnr(tb, ta)) == pytest.approx(metrics.peak_signal_noise_ratio(a, b), abs=1e-3)
