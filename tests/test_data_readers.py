@@ -212,3 +212,11 @@ def test_non_utf8_offset_counts_the_bom(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbfa.jpg, \xff\n")
     with pytest.raises(DatasetError, match=r"byte 0xff at byte offset 10 \(line 1\)"):
         read_annotations(path)
+
+
+def test_punctuation_only_caption_counts_as_empty(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.csv", "a.jpg, .\na.jpg, a dog\nb.jpg, ?!\n")
+    raw = read_annotations(path)
+    assert raw.captions == {"a.jpg": ["a dog"]}
+    assert raw.problems["empty_caption"] == ["line 1 of c.csv", "line 3 of c.csv"]
+    assert raw.problems["no_captions"] == ["b.jpg"]

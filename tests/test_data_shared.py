@@ -40,10 +40,12 @@ def test_vietnamese_captions(data: Path, tmp_path: Path) -> None:
     manifest = prepare_dataset(folder / "captions.txt", folder / "images", seed=0)
     assert manifest.source["format"] == "csv"
     assert len(manifest.skipped["missing_image"]) == 2
-    assert len(manifest.skipped["no_captions"]) == 3
-    assert len(manifest.images) == 2932 - 3
+    # 3 images have no caption line; 2 more have only "." as caption
+    assert len(manifest.skipped["no_captions"]) == 5
+    assert len(manifest.skipped["empty_caption"]) == 2
+    assert len(manifest.images) == 2932 - 5
     counts = _counts(manifest)
-    assert counts == {"train": 2343, "val": 293, "test": 293}
+    assert counts == {"train": 2341, "val": 293, "test": 293}
     words = {w for r in manifest.images for c in r.captions for w in c.split()}
     assert "người" in words
     assert all(c == c.strip() for r in manifest.images for c in r.captions)

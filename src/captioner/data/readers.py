@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from captioner.data.text import tokenize
 from captioner.errors import DatasetError
 
 FORMATS: tuple[str, ...] = ("coco", "karpathy", "flickr", "csv", "jsonl")
@@ -55,7 +56,7 @@ class RawAnnotations:
             return
         captions = self.captions.setdefault(name, [])
         text = caption.strip()
-        if not text:
+        if not tokenize(text):  # empty, or punctuation only (e.g. ".")
             self.problem("empty_caption", where)
             return
         if text in captions and not keep_duplicate:
