@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from captioner import __version__
 from captioner.denoise.commands import add_denoise_option, add_denoise_parser
 from captioner.errors import CaptionerError
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="captioner", description="Show, Attend and Tell image captioning."
     )
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="read annotations and write a dataset manifest")
