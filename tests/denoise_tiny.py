@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -12,6 +14,15 @@ from captioner.denoise.denoiser import save_denoiser
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
 
 TINY = DenoiserConfig(widths=(8, 16), depths=(1, 1))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: these tiny convolutions are slower with two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def smooth_picture(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from denoise_tiny import active_denoiser, noisy_copy, smooth_picture
+from denoise_tiny import active_denoiser, noisy_copy, one_thread, smooth_picture  # noqa: F401
 from PIL import Image
 
 from captioner.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from denoise_tiny import active_denoiser, smooth_picture
+from denoise_tiny import active_denoiser, one_thread, smooth_picture  # noqa: F401
 from PIL import Image
 
 from captioner.denoise import Denoiser, load_denoiser

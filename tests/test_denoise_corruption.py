@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from denoise_tiny import smooth_picture
+from denoise_tiny import one_thread, smooth_picture  # noqa: F401
 
 from captioner.denoise import corruption
 from captioner.denoise.corruption import DEFAULT_MIX, CorruptionMix

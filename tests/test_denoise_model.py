@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from denoise_tiny import TINY, noisy_copy, smooth_picture
+from denoise_tiny import TINY, noisy_copy, one_thread, smooth_picture  # noqa: F401
 from PIL import Image
 
 from captioner.denoise.denoiser import Denoiser
@@ -50,20 +50,22 @@ def test_grey_and_alpha_pictures_come_back_rgb_of_the_same_size() -> None:
 
 def test_overfits_one_noisy_pair() -> None:
     torch.manual_seed(0)
-    clean_np = smooth_picture(48, 48)
+    clean_np = smooth_picture(32, 32)
     clean = torch.from_numpy(clean_np).permute(2, 0, 1)[None].float() / 255
-    noisy = torch.from_numpy(noisy_copy(clean_np, 30)).permute(2, 0, 1)[None].float() / 255
+    noisy = torch.from_numpy(noisy_copy(clean_np, 50)).permute(2, 0, 1)[None].float() / 255
     net = DenoiserNet(DenoiserConfig(widths=(16, 32), depths=(1, 1)))
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    before = float(psnr(net(noisy).detach(), clean))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with torch.no_grad():
+        before = float(psnr(net(noisy), clean))
+    history = []
     for _ in range(150):
-        loss = F.mse_loss(net(noisy), clean)
+        loss = F.l1_loss(net(noisy), clean)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        after = float(psnr(net(noisy).clamp(0, 1), clean))
-    assert after > before + 5.0, (before, after)
+        with torch.no_grad():
+            history.append(float(psnr(net(noisy).clamp(0, 1), clean)))
+    assert max(history[-10:]) > before + 6.0, (before, history[-10:])
 
 
 def test_config_round_trip_and_bad_sizes() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from denoise_tiny import active_denoiser, noisy_copy
+from denoise_tiny import active_denoiser, noisy_copy, one_thread  # noqa: F401
 from PIL import Image
 
 from captioner.cli import main

@@ -19,7 +19,7 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--images", type=Path, help="folder of clean photos (split by file name)")
     p.add_argument("--out", type=Path, required=True, help="run folder (model/, checkpoint/ ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--epochs", type=int, help="epochs (default 12; on resume: extend to this)")
+    p.add_argument("--epochs", type=int, help="epochs (default 20; on resume: extend to this)")
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patch-size", type=int, help="square random crops (multiple of 4)")
@@ -27,16 +27,22 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--patience", type=int, help="epochs without a better val PSNR before stopping")
     p.add_argument("--val-images", type=int, help="held-out pictures scored after each epoch")
     p.add_argument("--max-images", type=int, help="use at most N training pictures")
-    p.add_argument("--max-minutes", type=float, help="start no epoch after this many minutes")
+    p.add_argument(
+        "--max-minutes", type=float, help="start no epoch after this many minutes (25; 0: none)"
+    )
     p.add_argument(
         "--noise",
         help="corruption mix, e.g. gaussian=0.65,jpeg=0.1,salt_pepper=0.1,speckle=0.1,none=0.05",
     )
     p.add_argument("--sigma-min", type=float, help="Gaussian sigma range on the 0-255 scale")
     p.add_argument("--sigma-max", type=float)
-    p.add_argument("--width", type=int, help="channels of the first level (default 48)")
+    p.add_argument("--widths", help="channels per U-Net level (default 24,48,96,192)")
+    p.add_argument("--depths", help="conv layers per level (default 2,2,3,4)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (on a machine shared with other jobs: 1)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = actions.add_parser("apply", help="denoise image files or folders into --out")
@@ -86,6 +92,7 @@ def _run_train(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
             progress=not args.no_progress,
             device=args.device,
+            threads=args.threads,
         )
     else:
         if args.images is None:
@@ -106,6 +113,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 "sigma_min",
                 "sigma_max",
                 "seed",
+                "threads",
             )
             if getattr(args, k) is not None
         }
@@ -116,8 +124,12 @@ def _run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **settings,
         )
-        if args.width is not None:
-            config.model = {**config.model, "width": args.width}
+        for key in ("widths", "depths"):
+            if getattr(args, key):
+                try:
+                    config.model[key] = [int(v) for v in getattr(args, key).split(",")]
+                except ValueError:
+                    raise CaptionerError(f"--{key}: comma-separated integers") from None
     result = train_denoiser(config, resume=args.resume)
     print(
         f"best epoch {result.best_epoch} (val PSNR {result.best_val_psnr:.2f} dB) after "

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 class DenoiserConfig:
     """Architecture sizes (saved in the checkpoint's config.json)."""
 
-    widths: tuple[int, ...] = (16, 32, 64, 128)  # channels per level, from half resolution down
+    widths: tuple[int, ...] = (24, 48, 96, 192)  # channels per level, from half resolution down
     depths: tuple[int, ...] = (2, 2, 3, 4)  # 3x3 conv layers per level (each side of the U)
     in_channels: int = 3
 
@@ -68,17 +68,21 @@ class DenoiserNet(nn.Module):
         c, widths, depths = config.in_channels, config.widths, config.depths
         self.multiple = 2 ** len(widths)  # pixel unshuffle, then one halving per extra level
         self.head = nn.Sequential(nn.Conv2d(4 * c, widths[0], 3, padding=1), nn.ReLU(True))
-        self.encoders = nn.ModuleList(_convs(w, d) for w, d in zip(widths[:-1], depths[:-1]))
+        self.encoders = nn.ModuleList(
+            _convs(w, d) for w, d in zip(widths[:-1], depths[:-1], strict=True)
+        )
         self.downs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU(True))
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.bottom = _convs(widths[-1], depths[-1])
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(b, 4 * a, 1), nn.PixelShuffle(2))
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
-        self.decoders = nn.ModuleList(_convs(w, d) for w, d in zip(widths[:-1], depths[:-1]))
+        self.decoders = nn.ModuleList(
+            _convs(w, d) for w, d in zip(widths[:-1], depths[:-1], strict=True)
+        )
         self.tail = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
         # A linear path from the input to the noise estimate: a learned high-pass filter.
         self.linear = nn.Conv2d(4 * c, 4 * c, 3, padding=1)
@@ -99,7 +103,7 @@ class DenoiserNet(nn.Module):
         folded = F.pixel_unshuffle(x, 2)
         h = self.head(folded)
         skips = []
-        for encoder, down in zip(self.encoders, self.downs):
+        for encoder, down in zip(self.encoders, self.downs, strict=True):
             h = encoder(h)
             skips.append(h)
             h = down(h)

@@ -45,22 +45,25 @@ from captioner.training.early_stopping import EarlyStopping
 class DenoiseTrainConfig:
     images: str
     out: str
-    epochs: int = 12
-    steps_per_epoch: int = 150
+    epochs: int = 20
+    steps_per_epoch: int = 250
     batch_size: int = 16
     patch_size: int = 96
-    learning_rate: float = 2e-3
-    min_lr_fraction: float = 0.05
-    patience: int = 4
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.02
+    clip_grad_norm: float = 1.0
+    patience: int = 8
     val_images: int = 32
     max_images: int | None = None
-    max_minutes: float | None = None
+    max_minutes: float | None = 25.0
     noise: str = "gaussian=0.65,jpeg=0.1,salt_pepper=0.1,speckle=0.1,none=0.05"
     sigma_min: float = 5.0
     sigma_max: float = 55.0
     model: dict[str, int] = field(default_factory=lambda: DenoiserConfig().to_dict())
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on a busy machine
     progress: bool = True
 
     def mix(self) -> CorruptionMix:
@@ -75,8 +78,13 @@ class DenoiseTrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_images"):
             if getattr(self, name) < 1:
                 raise CaptionerError(f"{name} must be at least 1")
-        if self.patch_size < 16 or self.patch_size % DenoiserNet.multiple:
-            raise CaptionerError("--patch-size must be >= 16 and a multiple of 4")
+        try:
+            sizes = DenoiserConfig.from_dict(self.model)
+        except (TypeError, ValueError) as exc:
+            raise CaptionerError(f"bad denoiser sizes ({exc})") from None
+        multiple = 2 ** len(sizes.widths)
+        if self.patch_size < 16 or self.patch_size % multiple:
+            raise CaptionerError(f"--patch-size must be >= 16 and a multiple of {multiple}")
         self.mix()
 
 
@@ -97,6 +105,8 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
     state_dir, model_dir = out / "checkpoint", out / "model"
     if not resume and has_training_state(state_dir):
         raise CaptionerError(f"{out}: holds a denoiser run already; pass --resume or a new --out")
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     mix = config.mix()
@@ -112,6 +122,8 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
         train_files, config.patch_size, config.progress, "loading train"
     )
     val_pictures, _ = load_pictures(val_files, 16)
+    if skipped:
+        _say(config, f"{len(skipped)} training images skipped (unreadable or too small)")
     if not pictures or not val_pictures:
         raise CaptionerError(f"{config.images}: no usable image of at least {config.patch_size} px")
     val = validation_set(val_pictures, mix, config.seed)
@@ -120,7 +132,9 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
     net = DenoiserNet(DenoiserConfig.from_dict(config.model)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     total = config.epochs * config.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total, config.min_lr_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(total, config.warmup_steps, config.min_lr_fraction)
+    )
     stopper = EarlyStopping(patience=config.patience, mode="max")
     rng = np.random.default_rng(config.seed)
     history: list[dict[str, Any]] = []
@@ -187,9 +201,6 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
             f"SSIM {scores['val_ssim']:.4f}, sigma 25 PSNR {scores['val_sigma25_psnr']:.2f} dB "
             f"({record['seconds']:.0f} s){' *' if improved else ''}",
         )
-    else:
-        if stopper.should_stop:
-            stopped = "early stop"
     if writer is not None:
         writer.close()
     if not (model_dir / "config.json").is_file():
@@ -233,6 +244,8 @@ def _train_epoch(
         loss = F.l1_loss(net(noisy), clean)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_grad_norm)
         optimizer.step()
         scheduler.step()
         total += float(loss.detach())
@@ -262,9 +275,13 @@ def evaluate(
     return scores
 
 
-def _cosine(total: int, floor: float) -> Any:
+def _schedule(total: int, warmup: int, floor: float) -> Any:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
+
     def factor(step: int) -> float:
-        progress = min(step / max(total, 1), 1.0)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -314,6 +331,7 @@ def resume_config(
     max_minutes: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    threads: int | None = None,
 ) -> DenoiseTrainConfig:
     """The saved run's settings; only the epoch count, time limit, device and display change."""
     path = Path(out) / "train_config.json"
@@ -326,9 +344,12 @@ def resume_config(
         raise CaptionerError(f"{path}: not a denoiser training config ({exc})") from None
     if epochs is not None:
         config.epochs = epochs
-    config.max_minutes = max_minutes
+    if max_minutes is not None:
+        config.max_minutes = max_minutes
     config.progress = progress
     config.device = device
+    if threads is not None:
+        config.threads = threads
     return config
 
 

@@ -1,0 +1,184 @@
+"""PSNR / SSIM / images per second of our denoiser against classical ones, in one run.
+
+    python bench/denoise.py --model runs/denoiser/model
+
+Clean held-out photos (the ``test`` file-name bucket of the training folder, which
+``captioner denoise train`` never reads, plus the ``skimage.data`` photos) get Gaussian noise
+of each sigma (seeded, clipped and rounded to 8 bits); each method denoises them and is scored
+against the clean photo with ``skimage.metrics`` (SSIM with Wang et al.'s Gaussian window).
+Methods: the noisy input itself, our denoiser, OpenCV ``fastNlMeansDenoisingColored`` and
+``skimage.restoration.denoise_tv_chambolle``. The two classical methods get their strength
+tuned per sigma on a few images of the ``val`` bucket (not the measured ones), so they are
+compared at their best. Timing: one CPU thread each by default (``--threads``); TV is
+single-threaded numpy anyway. Needs the ``bench`` extra: ``pip install -e .[bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captioner.denoise.data import list_images, split_images
+from captioner.denoise.denoiser import load_denoiser
+from captioner.vision.images import load_image
+
+try:
+    import cv2
+    from skimage import data as skdata
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.restoration import denoise_tv_chambolle
+except ImportError as exc:  # pragma: no cover - a missing extra
+    sys.exit(f"bench/denoise.py needs the bench extra (pip install -e '.[bench]'): {exc}")
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/vietnamese-captions/images"
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+NLM_FACTORS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # h = factor * sigma
+TV_WEIGHTS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24)  # on the [0, 1] scale
+
+Method = Callable[[np.ndarray], np.ndarray]
+
+
+def add_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(clean + rng.normal(0.0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+
+
+def nlm(h: float) -> Method:
+    return lambda noisy: cv2.fastNlMeansDenoisingColored(noisy, None, h, h, 7, 21)
+
+
+def tv(weight: float) -> Method:
+    def run(noisy: np.ndarray) -> np.ndarray:
+        out = denoise_tv_chambolle(noisy.astype(np.float32) / 255.0, weight=weight, channel_axis=-1)
+        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+    return run
+
+
+def ours(model: Path) -> Method:
+    denoiser = load_denoiser(model)
+
+    def run(noisy: np.ndarray) -> np.ndarray:
+        out = denoiser.denoise_array(noisy.astype(np.float32) / 255.0)
+        return np.rint(out * 255.0).astype(np.uint8)
+
+    return run
+
+
+def psnr(clean: np.ndarray, out: np.ndarray) -> float:
+    return float(peak_signal_noise_ratio(clean, out, data_range=255))
+
+
+def ssim(clean: np.ndarray, out: np.ndarray) -> float:
+    return float(
+        structural_similarity(
+            clean,
+            out,
+            data_range=255,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
+
+
+def tune(make: Callable[[float], Method], grid: tuple[float, ...], pairs: list) -> float:
+    """The grid value with the best mean PSNR on (clean, noisy) tuning pairs."""
+    scores = [np.mean([psnr(c, make(v)(n)) for c, n in pairs]) for v in grid]
+    return grid[int(np.argmax(scores))]
+
+
+def measure(method: Method, pairs: list) -> dict[str, float]:
+    method(pairs[0][1])  # warm-up (first-call allocations, thread pools)
+    seconds, p, s = 0.0, [], []
+    for clean, noisy in pairs:
+        started = time.perf_counter()
+        out = method(noisy)
+        seconds += time.perf_counter() - started
+        p.append(psnr(clean, out))
+        s.append(ssim(clean, out))
+    return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "ips": len(pairs) / seconds}
+
+
+def load_sets(images: Path, count: int) -> dict[str, list[np.ndarray]]:
+    files = split_images(list_images(images), "test")[:count]
+    sets = {f"{images.parent.name} test ({len(files)})": [_array(f) for f in files]}
+    photos = [getattr(skdata, name)() for name in SKIMAGE_PHOTOS]
+    sets[f"skimage.data ({len(photos)})"] = [
+        np.stack([p] * 3, axis=-1) if p.ndim == 2 else p[..., :3] for p in photos
+    ]
+    return sets
+
+
+def _array(path: Path) -> np.ndarray:
+    return np.asarray(load_image(path), dtype=np.uint8)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="denoiser folder")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--count", type=int, default=40, help="held-out photos to measure")
+    parser.add_argument("--tune-count", type=int, default=4, help="val photos to tune on")
+    parser.add_argument("--sigmas", default="15,25,50")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads of torch and OpenCV alike (0: theirs)"
+    )
+    parser.add_argument("--output", type=Path, help="also write the numbers as JSON")
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    sets = load_sets(args.images, args.count)
+    tuning = [_array(f) for f in split_images(list_images(args.images), "val")[: args.tune_count]]
+    ours_method = ours(args.model)
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{cv2.getNumThreads()} OpenCV threads; model {args.model}"
+    )
+    results: list[dict[str, object]] = []
+    for sigma in sigmas:
+        tune_pairs = [(c, add_noise(c, sigma, args.seed + 1000 + i)) for i, c in enumerate(tuning)]
+        h = tune(lambda f, s=sigma: nlm(f * s), NLM_FACTORS, tune_pairs) * sigma
+        weight = tune(tv, TV_WEIGHTS, tune_pairs)
+        methods: dict[str, Method] = {
+            "noisy input": lambda n: n,
+            "ours": ours_method,
+            f"OpenCV NLM (h={h:g})": nlm(h),
+            f"TV Chambolle (w={weight:g})": tv(weight),
+        }
+        for name, pictures in sets.items():
+            pairs = [(c, add_noise(c, sigma, args.seed + i)) for i, c in enumerate(pictures)]
+            for label, method in methods.items():
+                row = {"set": name, "sigma": sigma, "method": label, **measure(method, pairs)}
+                results.append(row)
+                print(f"  {name} sigma {sigma:g} {label}: {row['psnr']:.2f} dB", file=sys.stderr)
+    print()
+    print("| images | σ | method | PSNR (dB) | SSIM | images/s |")
+    print("|---|---:|---|---:|---:|---:|")
+    for row in results:
+        ips = "—" if row["method"] == "noisy input" else f"{row['ips']:.1f}"
+        print(
+            f"| {row['set']} | {row['sigma']:g} | {row['method']} | {row['psnr']:.2f} | "
+            f"{row['ssim']:.4f} | {ips} |"
+        )
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
