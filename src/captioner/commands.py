@@ -11,8 +11,6 @@ from pathlib import Path
 
 from captioner.errors import CaptionerError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
 
 def run_prepare(args: argparse.Namespace) -> int:
     from captioner.data.prepare import format_summary, prepare_dataset
@@ -106,28 +104,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def expand_images(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted, non-recursive)."""
-    images: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise CaptionerError(f"{item}: no image files in this folder")
-            images.extend(found)
-        elif item.exists():
-            images.append(item)
-        else:
-            raise CaptionerError(f"{item}: no such file or folder")
-    return images
-
-
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.denoise.commands import load_for_pipeline
     from captioner.model.captioner import Captioner
     from captioner.training.trainer import resolve_device
+    from captioner.vision.images import expand_image_paths
 
-    images = expand_images(args.inputs)
+    images = expand_image_paths(args.inputs)
     denoiser = load_for_pipeline(args.denoise, device=str(resolve_device(args.device)))
     captioner = Captioner.from_pretrained(
         args.model, device=resolve_device(args.device), backbone_weights=args.backbone_weights

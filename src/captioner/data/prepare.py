@@ -10,8 +10,8 @@ from captioner.data.manifest import ImageRecord, Manifest
 from captioner.data.readers import read_annotations
 from captioner.errors import CaptionerError, DatasetError
 from captioner.fileio import sha256_file
+from captioner.vision.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SUMMARY_EXAMPLES = 5
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from captioner.denoise.data import IMAGE_SUFFIXES
 from captioner.errors import CaptionerError, ImageLoadError
 from captioner.fileio import atomic_write_bytes
-from captioner.vision.images import ALLOWED_FORMATS, load_image
+from captioner.vision.images import ALLOWED_FORMATS, expand_image_paths, load_image
 
 ImageFn = Callable[[Image.Image], Image.Image]
 _GREY = {"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -32,22 +31,6 @@ class ApplyReport:
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (sorted, non-recursive)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise CaptionerError(f"{item}: no image files in this folder")
-            files.extend(found)
-        elif item.exists():
-            files.append(item)
-        else:
-            raise CaptionerError(f"{item}: no such file or folder")
-    return files
 
 
 def plan_outputs(files: list[Path], out_dir: Path, overwrite: bool) -> list[tuple[Path, Path]]:
@@ -103,7 +86,7 @@ def apply_denoiser(
 ) -> ApplyReport:
     """Denoise every input image into ``out_dir`` under its own name; bad images are skipped."""
     out_dir = Path(out_dir)
-    pairs = plan_outputs(expand_inputs(inputs), out_dir, overwrite)
+    pairs = plan_outputs(expand_image_paths(inputs), out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ApplyReport()
     started = time.perf_counter()

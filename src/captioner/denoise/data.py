@@ -19,9 +19,8 @@ from tqdm.auto import tqdm
 
 from captioner.denoise.corruption import CorruptionMix, gaussian, quantize
 from captioner.errors import CaptionerError, ImageLoadError
-from captioner.vision.images import load_image
+from captioner.vision.images import IMAGE_SUFFIXES, load_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 BUCKETS = 20
 
 

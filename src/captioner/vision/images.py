@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.errors import ImageLoadError
+from captioner.errors import CaptionerError, ImageLoadError
 
 #: Largest image accepted, in pixels (Pillow's own default). ``None`` disables the check.
 MAX_IMAGE_PIXELS: int | None = 89_478_485
@@ -152,3 +153,22 @@ def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (sorted, non-recursive)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CaptionerError(f"{item}: no image files in this folder")
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise CaptionerError(f"{item}: no such file or folder")
+    return files
