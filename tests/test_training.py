@@ -150,3 +150,14 @@ def test_selection_on_cider_decodes_validation_and_keeps_the_best_metric_epoch(
     assert info["select_on"] == "CIDEr" and info["val_scores"]["CIDEr"] == pytest.approx(
         cider[best]
     )
+
+
+def test_atomic_writes_leave_readable_files_and_no_temporaries(tmp_path: Path) -> None:
+    from captioner.fileio import atomic_write_json
+
+    target = tmp_path / "a.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
