@@ -102,7 +102,9 @@ def extract_split(
     """
     out_folder = Path(out_folder)
     keys = [key for key, _ in records]
-    header = {**backbone.header(), **(extra_header or {})}
+    # "image_transform" is always recorded (None without one), so a cache of plain images and
+    # a cache of denoised ones can never be resumed into each other.
+    header = {**backbone.header(), "image_transform": None, **(extra_header or {})}
     cache = _open_or_create(out_folder, header, keys)
     if retry_failed:
         cache.reset_failed()
