@@ -111,9 +111,10 @@ def run_caption(args: argparse.Namespace) -> int:
     from captioner.vision.images import expand_image_paths
 
     images = expand_image_paths(args.inputs)
-    denoiser = load_for_pipeline(args.denoise, device=str(resolve_device(args.device)))
+    device = resolve_device(args.device)
+    denoiser = load_for_pipeline(args.denoise, device=str(device))
     captioner = Captioner.from_pretrained(
-        args.model, device=resolve_device(args.device), backbone_weights=args.backbone_weights
+        args.model, device=device, backbone_weights=args.backbone_weights
     )
     results = captioner.caption(
         images,

@@ -44,7 +44,10 @@ def caption_split(
             row = cache.index_of(record.file)
         except KeyError:
             row = -1
-        (todo if row in valid else skipped).append((record, row) if row in valid else record.file)
+        if row in valid:
+            todo.append((record, row))
+        else:
+            skipped.append(record.file)
     results: dict[str, CaptionResult] = {}
     references: dict[str, list[str]] = {}
     bar = tqdm(

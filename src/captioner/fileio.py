@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from captioner.errors import CheckpointError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync it, then rename over ``path``."""
@@ -53,6 +55,37 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json_document(
+    path: Path, fmt: str, version: int | None, what: str, missing: str
+) -> dict[str, Any]:
+    """Read a JSON file of ours: an object whose "format" is ``fmt`` (and "version" ``version``).
+
+    Any problem is a ``CheckpointError`` naming the file; ``missing`` is the message when the
+    file does not exist and ``what`` names the document in the others.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {missing}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a {what}")
+    if version is not None and data.get("version") != version:
+        raise CheckpointError(f"{path}: unsupported {what} version {data.get('version')!r}")
+    return data
+
+
+def verify_sha256(path: Path, expected: str | None, recorded_in: Path) -> str:
+    """Return the file's sha256, refusing it when it differs from the one ``recorded_in`` holds."""
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise CheckpointError(
+            f"{path}: checksum differs from {recorded_in} (file corrupt, truncated or replaced)"
+        )
+    return actual
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,7 +8,6 @@ Large pictures are processed in overlapping tiles, so memory stays bounded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,12 @@ from PIL import Image
 
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
 from captioner.errors import CheckpointError
-from captioner.fileio import atomic_save_safetensors, atomic_write_json, sha256_file
+from captioner.fileio import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_json_document,
+    verify_sha256,
+)
 
 FORMAT = "captioner-denoiser"
 VERSION = 1
@@ -129,12 +133,7 @@ def load_denoiser(
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing denoiser weights")
-    sha = sha256_file(weights)
-    if sha != config["weights_sha256"]:
-        raise CheckpointError(
-            f"{weights}: checksum differs from {folder / CONFIG_FILE} "
-            "(file corrupt, truncated or replaced)"
-        )
+    sha = verify_sha256(weights, config["weights_sha256"], folder / CONFIG_FILE)
     try:
         net = DenoiserNet(DenoiserConfig.from_dict(config["model"]))
     except (TypeError, ValueError, AttributeError) as exc:
@@ -149,16 +148,13 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a denoiser folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; {folder} is not a denoiser") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a captioner denoiser config")
-    if config.get("version") != VERSION:
-        raise CheckpointError(f"{path}: unsupported denoiser version {config.get('version')!r}")
+    config = read_json_document(
+        path,
+        FORMAT,
+        VERSION,
+        "captioner denoiser config",
+        missing=f"missing; {folder} is not a denoiser",
+    )
     if config.get("architecture") != ARCHITECTURE:
         raise CheckpointError(f"{path}: unknown architecture {config.get('architecture')!r}")
     for key in ("model", "weights_sha256"):

@@ -23,7 +23,12 @@ from safetensors.torch import load_file
 from captioner.data.vocabulary import Vocabulary
 from captioner.decoding import Hypothesis, beam_search, greedy_decode, sample_decode
 from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
-from captioner.fileio import atomic_save_safetensors, atomic_write_json
+from captioner.fileio import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_json_document,
+    verify_sha256,
+)
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
 
@@ -127,16 +132,10 @@ class Captioner:
         """
         folder = Path(folder)
         config = read_model_config(folder)
-        from captioner.fileio import sha256_file
-
         weights_path = folder / WEIGHTS_FILE
         if not weights_path.is_file():
             raise CheckpointError(f"{weights_path}: missing model weights")
-        if config.get("weights_sha256") and sha256_file(weights_path) != config["weights_sha256"]:
-            raise CheckpointError(
-                f"{weights_path}: checksum differs from {folder / CONFIG_FILE} "
-                "(file corrupt, truncated or replaced)"
-            )
+        verify_sha256(weights_path, config.get("weights_sha256"), folder / CONFIG_FILE)
         model_config = ModelConfig.from_dict(config["model"])
         vocab = Vocabulary.load(folder / VOCAB_FILE)
         if vocab.fingerprint() != config.get("vocabulary_fingerprint"):
@@ -276,16 +275,13 @@ def read_model_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{folder}: not a model folder (expected {CONFIG_FILE}, {WEIGHTS_FILE}, {VOCAB_FILE})"
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; {folder} is not a captioner model") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a captioner model config")
-    if config.get("version") != VERSION:
-        raise CheckpointError(f"{path}: unsupported version {config.get('version')!r}")
+    config = read_json_document(
+        path,
+        FORMAT,
+        VERSION,
+        "captioner model config",
+        missing=f"missing; {folder} is not a captioner model",
+    )
     for key in ("model", "backbone", "vocabulary_fingerprint"):
         if key not in config:
             raise CheckpointError(f"{path}: missing field {key!r}")

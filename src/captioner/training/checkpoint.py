@@ -7,7 +7,6 @@ files do not belong together (a kill between the two writes) is refused.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from captioner.errors import CheckpointError
-from captioner.fileio import atomic_save_safetensors, atomic_write_json, sha256_file
+from captioner.fileio import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_json_document,
+    sha256_file,
+)
 
 TENSORS = "state.safetensors"
 META = "state.json"
@@ -74,14 +78,13 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore everything saved by ``save_training_state``; return the progress dict."""
     meta_path, tensor_path = folder / META, folder / TENSORS
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: no training state to resume from") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: corrupt training state ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a captioner training state")
+    meta = read_json_document(
+        meta_path,
+        FORMAT,
+        None,
+        "captioner training state",
+        missing="no training state to resume from",
+    )
     if not tensor_path.is_file() or sha256_file(tensor_path) != meta.get("tensors_sha256"):
         raise CheckpointError(f"{tensor_path}: missing or does not match {meta_path}")
     try:

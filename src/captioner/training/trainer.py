@@ -10,7 +10,6 @@ A run folder holds:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -363,7 +362,3 @@ def _print(config: TrainConfig, message: str) -> None:
         tqdm.write(message)
     else:
         print(message, flush=True)
-
-
-def load_history(run_dir: Path) -> list[dict[str, Any]]:
-    return json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
