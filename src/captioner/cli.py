@@ -73,6 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "scst", help="fine-tune a trained model on CIDEr-D (self-critical sequence training)"
+    )
+    p.add_argument("--model", type=Path, required=True, help="trained model folder (RUN/model)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder (model/, checkpoint/...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=2e-5, dest="learning_rate")
+    p.add_argument("--samples", type=int, default=5, help="captions sampled per image")
+    p.add_argument("--batch-images", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=30)
+    p.add_argument("--select-on", default="CIDEr", choices=["CIDEr", "BLEU-4"])
+    p.add_argument("--eval-beam-size", type=int, default=3)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("caption", help="caption images or folders of images")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")

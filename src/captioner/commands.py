@@ -104,6 +104,33 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_scst(args: argparse.Namespace) -> int:
+    from captioner.training.scst import ScstConfig, finetune
+
+    config = ScstConfig(
+        model=str(args.model),
+        manifest=str(args.manifest),
+        features=str(args.features),
+        out=str(args.out),
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        samples=args.samples,
+        batch_images=args.batch_images,
+        max_length=args.max_length,
+        select_on=args.select_on,
+        eval_beam_size=args.eval_beam_size,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    result = finetune(config, resume=args.resume)
+    start = "the starting model was kept" if result.best_epoch == 0 else "best epoch"
+    print(f"{start} {result.best_epoch} (val {config.select_on} {result.best_score:.2f})")
+    print(f"model saved to {result.model_dir}")
+    return 0
+
+
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.denoise.commands import load_for_pipeline
     from captioner.model.captioner import Captioner
