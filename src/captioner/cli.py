@@ -128,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "report", help="HTML page of a split: captions, references, scores, attention maps"
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True, help="report folder (index.html, ...)")
+    p.add_argument("--beam-size", type=int, default=3, help="1 = greedy")
+    p.add_argument("--max-length", type=int, default=30)
+    p.add_argument("--no-attention", action="store_true", help="skip the attention PNGs")
+    p.add_argument("--no-java", action="store_true", help="pure-Python scorer")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("demo", help="the embedded default: shapes dataset, end to end")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--images", type=int, default=1200, help="number of generated scenes")

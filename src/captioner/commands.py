@@ -270,11 +270,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 },
                 "seconds": round(seconds, 2),
                 "captions": {
-                    k: {"generated": hyps[k], "references": split.references[k]} for k in hyps
+                    k: {
+                        "generated": hyps[k],
+                        "references": split.references[k],
+                        **report.per_image.get(k, {}),
+                    }
+                    for k in hyps
                 },
             },
         )
         print(f"report written to {args.output}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from captioner.data.manifest import Manifest
+    from captioner.model.captioner import Captioner, DecodeSettings
+    from captioner.report import write_report
+    from captioner.training.trainer import resolve_device
+
+    captioner = Captioner.from_pretrained(
+        args.model, device=resolve_device(args.device), backbone_weights=None
+    )
+    page = write_report(
+        captioner,
+        Manifest.load(args.manifest),
+        args.features,
+        args.split,
+        args.out,
+        DecodeSettings(beam_size=args.beam_size, max_length=args.max_length),
+        attention=not args.no_attention,
+        use_java=False if args.no_java else None,
+        progress=not args.no_progress,
+    )
+    print(f"report written to {page}")
     return 0
 
 

@@ -34,6 +34,7 @@ class MetricReport:
     tokenizer: str
     skipped: list[str] = field(default_factory=list)
     num_images: int = 0
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # BLEU-4, CIDEr (x100)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,7 @@ def compute_metrics(
     if refs is None or hyps is None:
         refs = {k: [simple_tokenize(r) for r in references[k]] for k in keys}
         hyps = {k: [simple_tokenize(hypotheses[k])] for k in keys}
-    scores = _pure_python_scores(refs, hyps)
+    scores, per_image = _pure_python_scores(refs, hyps)
     if java:
         try:
             scores["METEOR"] = 100.0 * _meteor(refs, hyps)
@@ -73,7 +74,7 @@ def compute_metrics(
     elif not skipped:
         skipped.append("METEOR: Java not found" if use_java is None else "METEOR: Java disabled")
     ordered = {name: float(scores[name]) for name in METRIC_NAMES if name in scores}
-    return MetricReport(ordered, "ptb-java" if java else "simple", skipped, len(keys))
+    return MetricReport(ordered, "ptb-java" if java else "simple", skipped, len(keys), per_image)
 
 
 def exact_match_rate(references: dict[str, list[str]], hypotheses: dict[str, str]) -> float:
@@ -210,15 +211,22 @@ def _java_tokenize(
     return refs, hyps
 
 
-def _pure_python_scores(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> dict[str, float]:
-    """BLEU-1..4, ROUGE-L and CIDEr (x100) on tokenised, space-separated captions."""
-    bleu, _ = Bleu(4).compute_score(refs, hyps, verbose=0)
+def _pure_python_scores(
+    refs: dict[str, list[str]], hyps: dict[str, list[str]]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """BLEU-1..4, ROUGE-L and CIDEr (x100) on tokenised, space-separated captions, and the
+    per-image BLEU-4 and CIDEr (the scorers iterate over the keys in the same order)."""
+    bleu, bleu_each = Bleu(4).compute_score(refs, hyps, verbose=0)
     rouge, _ = Rouge().compute_score(refs, hyps)
-    cider, _ = Cider().compute_score(refs, hyps)
+    cider, cider_each = Cider().compute_score(refs, hyps)
     scores = {f"BLEU-{n + 1}": 100.0 * float(value) for n, value in enumerate(bleu)}
     scores["ROUGE-L"] = 100.0 * float(rouge)
     scores["CIDEr"] = 100.0 * float(cider)
-    return scores
+    per_image = {
+        key: {"BLEU-4": 100.0 * float(b4), "CIDEr": 100.0 * float(c)}
+        for key, b4, c in zip(hyps, bleu_each[3], cider_each, strict=True)
+    }
+    return scores, per_image
 
 
 def _meteor(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> float:

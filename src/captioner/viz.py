@@ -27,8 +27,10 @@ def plot_attention(
     grid: tuple[int, int],
     out_path: Path,
     title: str | None = None,
+    dpi: int = DPI,
 ) -> Path:
-    """Write one PNG: the image with its caption, then one attention overlay per word.
+    """Write one picture (PNG, or JPEG for a .jpg path): the image with its caption, then one
+    attention overlay per word.
 
     ``attention`` is [T, R] with R = rows * cols of ``grid`` (row-major regions), one row per
     word. ``title`` is the caption shown over the first panel (default: the words joined).
@@ -61,7 +63,7 @@ def plot_attention(
         ax.imshow(shown)
         ax.imshow(_overlay(_upsample(weights, rows, cols, size)))
         ax.set_title(_wrap(word, width=22, max_lines=2), fontsize=11)
-    return _save(fig, out_path)
+    return _save(fig, out_path, dpi)
 
 
 def plot_loss_curve(history: list[dict[str, Any]], out_path: Path) -> Path:
@@ -145,10 +147,11 @@ def _wrap(text: str, width: int, max_lines: int = 6) -> str:
     return "\n".join(lines)
 
 
-def _save(fig: Figure, out_path: Path) -> Path:
+def _save(fig: Figure, out_path: Path, dpi: int = DPI) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=DPI, format="png")
+    jpeg = out_path.suffix.lower() in (".jpg", ".jpeg")
+    fig.savefig(out_path, dpi=dpi, format="jpeg" if jpeg else "png")
     fig.clear()
     return out_path

@@ -1,0 +1,139 @@
+"""`captioner report`: the HTML page of a split, sorted by CIDEr, with pictures and maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner.cli import main
+from captioner.training.config import TrainConfig
+from captioner.training.trainer import train
+from tests.tiny import write_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("report")
+    manifest, features, _ = write_tiny_dataset(root)
+    (root / "images").mkdir()
+    for i in range(5):  # val5.png stays missing: the report must say so, not fail
+        Image.fromarray(np.full((24, 32, 3), 40 * i, dtype=np.uint8)).save(
+            root / "images" / f"val{i}.png"
+        )
+    result = train(
+        TrainConfig(
+            manifest=str(manifest),
+            features=str(features),
+            out=str(root / "run"),
+            epochs=2,
+            batch_size=6,
+            hidden_dim=32,
+            attention_dim=16,
+            embed_dim=16,
+            encoder_dim=16,
+            progress=False,
+        )
+    )
+    return manifest, features, result.model_dir
+
+
+def test_report_page_sorted_by_cider(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    manifest, features, model = trained
+    out = tmp_path / "report"
+    args = [
+        "report",
+        "--model",
+        str(model),
+        "--manifest",
+        str(manifest),
+        "--features",
+        str(features),
+        "--split",
+        "val",
+        "--out",
+        str(out),
+        "--beam-size",
+        "1",
+        "--no-java",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    rows = data["rows"]
+    assert len(rows) == 6 and data["images"] == 6
+    ciders = [row["CIDEr"] for row in rows]
+    assert ciders == sorted(ciders)
+    assert np.mean(ciders) == pytest.approx(data["scores"]["CIDEr"], abs=1e-2)
+    for row in rows:
+        assert len(row["token_probs"]) == len(row["tokens"])
+        assert all(0 < p <= 1 for p in row["token_probs"])
+        if row["image"] == "val5.png":
+            assert row["thumbnail"] is None and row["attention"] is None
+        else:
+            assert (out / row["thumbnail"]).is_file()
+            if row["tokens"]:
+                assert Image.open(out / row["attention"]).format == "JPEG"
+    assert any("val5.png" in note for note in data["notes"])
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count("<tr><td data-v=") == 6
+    assert "a red circle above a blue square" in page  # references are listed
+    assert page.index(rows[0]["image"]) < page.index(rows[-1]["image"])
+
+
+def test_report_unknown_split_is_a_clear_error(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    manifest, features, model = trained
+    code = main(
+        [
+            "report",
+            "--model",
+            str(model),
+            "--manifest",
+            str(manifest),
+            "--features",
+            str(features),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-java",
+        ]
+    )
+    assert code == 2
+    assert "no split 'test'" in capsys.readouterr().err
+
+
+def test_evaluate_json_has_per_image_scores(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    manifest, features, model = trained
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--manifest",
+                str(manifest),
+                "--features",
+                str(features),
+                "--split",
+                "val",
+                "--no-java",
+                "--no-progress",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text(encoding="utf-8"))
+    per_image = [c["CIDEr"] for c in report["captions"].values()]
+    assert np.mean(per_image) == pytest.approx(report["scores"]["CIDEr"], abs=1e-6)
+    assert all(0 <= c["BLEU-4"] <= 100 for c in report["captions"].values())
