@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("sweep", help="train a grid of settings and compare them in one table")
+    p.add_argument("spec", type=Path, help="sweep YAML (base config, data, out, grid)")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser(
         "report", help="HTML page of a split: captions, references, scores, attention maps"
     )

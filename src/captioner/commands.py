@@ -283,6 +283,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep(args: argparse.Namespace) -> int:
+    from captioner.training.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.from_yaml(args.spec)
+    run_sweep(spec, progress=not args.no_progress)
+    print((spec.out / "sweep.md").read_text(encoding="utf-8"))
+    print(f"comparison written to {spec.out / 'sweep.md'} and {spec.out / 'sweep.json'}")
+    print(f"side by side: tensorboard --logdir {spec.out}")
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     from captioner.data.manifest import Manifest
     from captioner.model.captioner import Captioner, DecodeSettings
