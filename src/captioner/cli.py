@@ -115,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-dir", type=Path, help="write one attention PNG per image here")
 
     p = sub.add_parser("evaluate", help="BLEU/METEOR/ROUGE-L/CIDEr of a model on a split")
-    p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="model folder (e.g. RUN/model); several: an ensemble averaging their words",
+    )
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
     p.add_argument("--split", default="test")
@@ -135,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report", help="HTML page of a split: captions, references, scores, attention maps"
     )
-    p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="model folder (e.g. RUN/model); several: an ensemble averaging their words",
+    )
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
     p.add_argument("--split", default="test")

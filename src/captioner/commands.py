@@ -218,7 +218,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from captioner.training.trainer import resolve_device
 
     started = time.perf_counter()
-    captioner = Captioner.from_pretrained(
+    captioner = Captioner.from_pretrained_ensemble(
         args.model, device=resolve_device(args.device), backbone_weights=None
     )
     manifest = Manifest.load(args.manifest)
@@ -261,7 +261,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "images_without_features": split.skipped,
                 "split": args.split,
                 "manifest": str(args.manifest),
-                "model": str(args.model),
+                "model": [str(m) for m in args.model],
                 "model_info": captioner.info,
                 "decoding": {
                     "beam_size": decode.beam_size,
@@ -300,7 +300,7 @@ def run_report(args: argparse.Namespace) -> int:
     from captioner.report import write_report
     from captioner.training.trainer import resolve_device
 
-    captioner = Captioner.from_pretrained(
+    captioner = Captioner.from_pretrained_ensemble(
         args.model, device=resolve_device(args.device), backbone_weights=None
     )
     page = write_report(

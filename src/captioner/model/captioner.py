@@ -100,6 +100,8 @@ class Captioner:
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | Path) -> Path:
+        if not isinstance(self.model, ShowAttendTell):
+            raise CaptionerError("an ensemble is not saved as one model: save its members")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights_sha = atomic_save_safetensors(
@@ -136,7 +138,7 @@ class Captioner:
         if not weights_path.is_file():
             raise CheckpointError(f"{weights_path}: missing model weights")
         verify_sha256(weights_path, config.get("weights_sha256"), folder / CONFIG_FILE)
-        model_config = ModelConfig.from_dict(config["model"])
+        model_config = model_config_of(config, folder / CONFIG_FILE)
         vocab = Vocabulary.load(folder / VOCAB_FILE)
         if vocab.fingerprint() != config.get("vocabulary_fingerprint"):
             raise CheckpointError(
@@ -151,6 +153,35 @@ class Captioner:
         load_state(model, weights_path)
         model.to(device).eval()
         captioner = cls(model, vocab, dict(config["backbone"]), dict(config.get("info", {})))
+        if backbone_weights is not None:
+            captioner.attach_backbone(backbone_weights, device)
+        return captioner
+
+    @classmethod
+    def from_pretrained_ensemble(
+        cls,
+        folders: Sequence[str | Path],
+        device: str | torch.device = "cpu",
+        backbone_weights: str | None = "DEFAULT",
+    ) -> Captioner:
+        """Load several folders as one captioner averaging their word probabilities (one folder:
+        that model alone). They must share the vocabulary and the backbone."""
+        from captioner.model.ensemble import Ensemble
+
+        if len(folders) == 1:
+            return cls.from_pretrained(folders[0], device, backbone_weights)
+        members = [cls.from_pretrained(f, device, backbone_weights=None) for f in folders]
+        first = members[0]
+        for folder, member in zip(folders[1:], members[1:], strict=True):
+            if member.vocab != first.vocab:
+                raise CheckpointError(
+                    f"{folder}: its vocabulary differs from {folders[0]}'s; ensemble members "
+                    "must be trained on the same vocabulary"
+                )
+            check_backbone_matches(member.backbone_header, first.backbone_header)
+        info = {"ensemble": [str(f) for f in folders], "members": [m.info for m in members]}
+        model = Ensemble([m.model for m in members]).to(device).eval()
+        captioner = cls(model, first.vocab, dict(first.backbone_header), info)  # type: ignore[arg-type]
         if backbone_weights is not None:
             captioner.attach_backbone(backbone_weights, device)
         return captioner
@@ -285,7 +316,30 @@ def read_model_config(folder: Path) -> dict[str, Any]:
     for key in ("model", "backbone", "vocabulary_fingerprint"):
         if key not in config:
             raise CheckpointError(f"{path}: missing field {key!r}")
+    for key in ("model", "backbone"):
+        if not isinstance(config[key], dict):
+            raise CheckpointError(f"{path}: {key!r} must be an object")
     return config
+
+
+def model_config_of(config: dict[str, Any], path: Path) -> ModelConfig:
+    """The decoder sizes of a model config, consistent with its backbone's feature grid."""
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    backbone = config["backbone"]
+    try:
+        channels = int(backbone["channels"])
+        regions = int(backbone["grid"][0]) * int(backbone["grid"][1])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CheckpointError(f"{path}: 'backbone' needs 'channels' and 'grid' [h, w]") from None
+    if (channels, regions) != (model_config.feature_channels, model_config.num_regions):
+        raise CheckpointError(
+            f"{path}: the backbone gives {regions} regions of {channels} channels but the "
+            f"decoder expects {model_config.num_regions} of {model_config.feature_channels}"
+        )
+    return model_config
 
 
 def load_state(model: torch.nn.Module, path: Path) -> None:
