@@ -108,3 +108,14 @@ def test_bad_sweep_files(tmp_path: Path) -> None:
             SweepSpec.from_yaml(spec_path)
     with pytest.raises(CaptionerError, match="not found"):
         SweepSpec.from_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_sweeps_parse(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(path.parents[2])  # their paths are relative to the repository root
+    spec = SweepSpec.from_yaml(path)
+    assert len(spec.points()) >= 2
