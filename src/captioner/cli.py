@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision (bf16 on CPU or CUDA; fp16 on CUDA with loss scaling)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the decoder's training forward (falls back to eager on failure)",
+    )
+    p.add_argument(
         "--set",
         nargs="*",
         default=[],

@@ -35,6 +35,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from captioner.data.manifest import Manifest
     from captioner.denoise.commands import load_for_pipeline
     from captioner.features.extract import extract_manifest
+    from captioner.training.distributed import is_main_process
     from captioner.training.trainer import resolve_device
 
     manifest = Manifest.load(args.manifest)
@@ -53,6 +54,8 @@ def run_extract(args: argparse.Namespace) -> int:
         image_transform=denoiser,
         extra_header={"image_transform": f"denoiser-{denoiser.weights_id}" if denoiser else None},
     )
+    if not is_main_process():  # torchrun: rank 0 reports for all ranks
+        return 0
     failed_total = 0
     for split, report in reports.items():
         failed_total += len(report.failed)
@@ -72,6 +75,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from captioner.training.config import TrainConfig
+    from captioner.training.distributed import is_main_process
     from captioner.training.trainer import train
 
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
@@ -87,6 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
             ("patience", args.patience),
             ("seed", args.seed),
             ("device", args.device),
+            ("precision", args.precision),
+            ("compile", "true" if args.compile else None),
         )
         if v is not None
     ]
@@ -96,6 +102,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not config.manifest or not config.features:
         raise CaptionerError("train needs --manifest and --features (or both in --config)")
     result = train(config, resume=args.resume)
+    if not is_main_process():  # torchrun: rank 0 reports
+        return 0
     print(
         f"best epoch {result.best_epoch} ({result.select_on} {result.best_score:.4f}) after "
         f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}"

@@ -9,6 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from captioner.data.manifest import Manifest
+from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
 from captioner.model.captioner import (
     Captioner,
@@ -42,7 +43,7 @@ def caption_split(
     for record in manifest.split(split):
         try:
             row = cache.index_of(record.file)
-        except KeyError:
+        except CaptionerError:  # not in this cache: counted as skipped, like a failed image
             row = -1
         if row in valid:
             todo.append((record, row))

@@ -155,6 +155,12 @@ def read_coco(path: Path, data: Any = None) -> RawAnnotations:
             raw.problem("malformed_entry", f"images[{i}] of {path.name}")
         elif clean_file_name(image.get("file_name")) is None:
             raw.problem("bad_file_name", f"images[{i}] of {path.name}: {image.get('file_name')!r}")
+        elif str(image["id"]) in files:  # the first entry wins; captions follow the id
+            raw.problem(
+                "duplicate_id",
+                f"images[{i}] of {path.name}: id {image['id']!r} is already "
+                f"{files[str(image['id'])]!r}",
+            )
         else:
             files[str(image["id"])] = clean_file_name(image["file_name"])
     per_file: dict[str, list[tuple[Any, str]]] = {}

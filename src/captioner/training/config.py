@@ -56,6 +56,8 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 100
     progress: bool = True
+    precision: str = "fp32"  # "fp32" | "bf16" (CPU or CUDA) | "fp16" (CUDA, GradScaler)
+    compile: bool = False  # torch.compile the decoder's training forward
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +69,10 @@ class TrainConfig:
             raise CaptionerError("epochs, batch_size and patience must be >= 1")
         if self.learning_rate <= 0:
             raise CaptionerError("learning_rate must be > 0")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise CaptionerError(
+                f"precision must be 'fp32', 'bf16' or 'fp16', not {self.precision!r}"
+            )
         if self.select_on not in SELECTABLE:
             raise CaptionerError(f"select_on must be one of {', '.join(SELECTABLE)}")
         if self.select_on != "val_loss" and self.eval_every < 1:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from captioner.data.manifest import ImageRecord
 from captioner.data.vocabulary import PAD_ID, Vocabulary
@@ -32,7 +33,7 @@ def pair_captions(
     for record in records:
         try:
             row = cache.index_of(record.file)
-        except KeyError:
+        except CaptionerError:  # not in this cache: counted as missing, like a failed image
             row = -1
         if row not in valid:
             missing.append(record.file)
@@ -64,11 +65,35 @@ class CaptionFeatureDataset(Dataset):
 
 
 def collate_captions(
-    batch: list[tuple[torch.Tensor, torch.Tensor]],
+    batch: list[tuple[torch.Tensor, torch.Tensor]], pad_to_multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack features and right-pad captions with <pad> to the longest in the batch."""
+    """Stack features and right-pad captions with <pad> to the longest in the batch.
+
+    ``pad_to_multiple`` > 1 rounds the padded length up to a multiple of it (pads are ignored
+    by the loss), so a compiled forward sees a few caption lengths instead of one per batch.
+    """
     features = torch.stack([item[0] for item in batch])
     captions = torch.nn.utils.rnn.pad_sequence(
         [item[1] for item in batch], batch_first=True, padding_value=PAD_ID
     )
+    extra = -captions.shape[1] % max(pad_to_multiple, 1)
+    if extra:
+        captions = torch.nn.functional.pad(captions, (0, extra), value=PAD_ID)
     return features, captions
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: disjoint shards covering the data exactly once.
+
+    Unlike ``DistributedSampler`` it never repeats items to even out the shards, so sums over
+    the shards (validation token losses) equal the single-process sums.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))

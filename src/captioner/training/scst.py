@@ -213,7 +213,7 @@ def _training_images(
     for record in manifest.split("train"):
         try:
             row = cache.index_of(record.file)
-        except KeyError:
+        except CaptionerError:  # not in this cache
             continue
         captions = [c for c in record.captions if tokenize(c)]
         if row in valid and captions:

@@ -6,6 +6,10 @@ A run folder holds:
   model/              the best model so far (``Captioner.save_pretrained`` format)
   checkpoint/         the last epoch's full state, for ``--resume``
   history.json, loss_curve.png, tensorboard/
+
+Launched by ``torchrun``, every rank runs ``train``: the decoder is wrapped in
+DistributedDataParallel, each rank reads its share of every batch (``batch_size`` is per rank),
+losses are summed over the ranks, and only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from captioner.data.manifest import Manifest
@@ -35,15 +40,25 @@ from captioner.model.captioner import (
 )
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
-from captioner.model.losses import caption_loss
+from captioner.training import distributed
 from captioner.training.checkpoint import (
     has_training_state,
     load_training_state,
     save_training_state,
 )
 from captioner.training.config import TrainConfig
-from captioner.training.data import CaptionFeatureDataset, collate_captions, pair_captions
+from captioner.training.data import (
+    CaptionFeatureDataset,
+    ShardSampler,
+    collate_captions,
+    pair_captions,
+)
+from captioner.training.distributed import DistContext
 from captioner.training.early_stopping import EarlyStopping
+from captioner.training.precision import CompiledForward, Precision
+from captioner.training.steps import evaluate_loss, train_epoch
+
+__all__ = ["TrainResult", "evaluate_loss", "resolve_device", "seed_everything", "train"]
 
 
 @dataclass
@@ -82,8 +97,21 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if resume and not has_training_state(state_dir):
         raise CaptionerError(f"{state_dir}: nothing to resume (no training state found)")
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    ctx, device = distributed.setup(resolve_device(config.device))
+    try:
+        return _train(config, resume, ctx, device)
+    finally:
+        distributed.teardown(ctx)
 
+
+def _train(
+    config: TrainConfig, resume: bool, ctx: DistContext, device: torch.device
+) -> TrainResult:
+    run_dir = Path(config.out)
+    state_dir = run_dir / "checkpoint"
+    main = ctx.is_main
+    say = partial(_print, config) if main else _silent
+    precision = Precision(config.precision, device)
     manifest = Manifest.load(Path(config.manifest))
     features_dir = Path(config.features)
     train_cache = FeatureCache.open(features_dir / "train")
@@ -95,9 +123,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     else:
         train_captions = [c for r in manifest.split("train") for c in r.captions]
         vocab = Vocabulary.build(train_captions, config.vocab_size, config.min_word_count)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        vocab.save(vocab_path)
-        atomic_write_json(run_dir / "train_config.json", config.to_dict())
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            vocab.save(vocab_path)
+            atomic_write_json(run_dir / "train_config.json", config.to_dict())
 
     train_data = pair_captions(
         train_cache, manifest.split("train"), vocab, config.max_caption_length
@@ -138,24 +167,28 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         stopper.load_state_dict(progress["early_stopping"])
         history = progress["history"]
         start_epoch, global_step = progress["epoch"] + 1, progress["global_step"]
+        precision.load_state_dict(progress.get("grad_scaler"))
+    forward = distributed.wrap_model(model, ctx, device)
+    if config.compile:
+        forward = CompiledForward(forward, say)
 
     backbone_header = {
         k: train_cache.header[k]
         for k in ("backbone", "weights_id", "preprocessing", "grid", "channels")
     }
     check_backbone_matches(val_cache.header, backbone_header)
-    train_loader = _loader(train_cache, train_data, config, shuffle=True)
-    val_loader = _loader(val_cache, val_data, config, shuffle=False)
-    writer = _tensorboard(run_dir / "tensorboard")
-    _print(
-        config,
+    train_loader = _loader(train_cache, train_data, config, True, ctx)
+    val_loader = _loader(val_cache, val_data, config, False, ctx)
+    writer = _tensorboard(run_dir / "tensorboard") if main else None
+    ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
+    say(
         f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
-        f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}",
+        f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}{ranks}"
+        f"{'' if config.precision == 'fp32' else ', ' + config.precision}"
     )
     for name, data in (("train", train_data), ("val", val_data)):
         if data.images_without_features:
-            _print(
-                config,
+            say(
                 f"{name}: {len(data.images_without_features)} images skipped "
                 f"(no features, e.g. {data.images_without_features[:3]})",
             )
@@ -165,11 +198,26 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         if stopper.should_stop:
             break
         started = time.perf_counter()
-        train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # type: ignore[union-attr]
-        train_loss, global_step = _train_epoch(
-            model, train_loader, optimizer, config, device, epoch, global_step, writer
+        if ctx.enabled:
+            train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            # Per rank and epoch, so dropout differs across ranks and resume is exact.
+            torch.manual_seed((config.seed * 1000 + epoch) * 1009 + ctx.rank)
+        else:
+            train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # type: ignore[union-attr]
+        train_loss, global_step = train_epoch(
+            forward,
+            model,
+            train_loader,
+            optimizer,
+            config,
+            device,
+            epoch,
+            global_step,
+            writer,
+            precision,
+            ctx,
         )
-        val_loss = evaluate_loss(model, val_loader, device)
+        val_loss = evaluate_loss(model, val_loader, device, precision, ctx)
         seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         record = {
@@ -182,7 +230,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         }
         scores = {"val_loss": val_loss}
         if config.eval_every and epoch % config.eval_every == 0:
-            scores.update(validation_metrics(model, vocab, backbone_header, manifest, config))
+            # Decoded on rank 0 and broadcast: every rank takes the same early-stopping decision.
+            metrics = (
+                validation_metrics(model, vocab, backbone_header, manifest, config)
+                if main
+                else None
+            )
+            scores.update(distributed.broadcast_object(ctx, metrics))
             record.update(
                 {f"val_{name}": value for name, value in scores.items() if name != "val_loss"}
             )
@@ -198,7 +252,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         improved = False
         if config.select_on in scores:
             improved = stopper.update(scores[config.select_on], epoch)
-        if improved:
+        if improved and main:
             info = {
                 "epoch": epoch,
                 "val_loss": val_loss,
@@ -217,19 +271,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             "history": history,
             "early_stopping": stopper.state_dict(),
         }
-        save_training_state(state_dir, model, optimizer, scheduler, progress)
-        atomic_write_json(run_dir / "history.json", history)
-        _plot(history, run_dir / "loss_curve.png")
+        if precision.scaler is not None:
+            progress["grad_scaler"] = precision.state_dict()
+        if main:
+            save_training_state(state_dir, model, optimizer, scheduler, progress)
+            atomic_write_json(run_dir / "history.json", history)
+            _plot(history, run_dir / "loss_curve.png")
         metric_text = "".join(
             f", val {name} {value:.1f}" for name, value in scores.items() if name != "val_loss"
         )
-        _print(
-            config,
+        say(
             f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{metric_text}"
             f"{' (best)' if improved else ''}, {seconds:.1f}s, lr {lr:.2e}",
         )
     if writer is not None:
         writer.close()
+    distributed.barrier(ctx)  # rank 0 has written the best model
     # Early stopping restores the best weights: the exported model is the best epoch's.
     load_state(model, run_dir / "model" / "model.safetensors")
     return TrainResult(
@@ -242,51 +299,6 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         history=history,
         stopped_early=stopper.should_stop,
     )
-
-
-def _train_epoch(
-    model: ShowAttendTell,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    config: TrainConfig,
-    device: torch.device,
-    epoch: int,
-    global_step: int,
-    writer: Any | None,
-) -> tuple[float, int]:
-    model.train()
-    total, tokens_seen, captions_seen = 0.0, 0, 0
-    started = time.perf_counter()
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch}",
-        unit="batch",
-        disable=not config.progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    for features, captions in bar:
-        features, captions = features.to(device), captions.to(device)
-        out = model(features, captions)
-        targets = captions[:, 1:]
-        loss, ce = caption_loss(
-            out.logits, targets, out.attention, config.attention_lambda, config.label_smoothing
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        n_tokens = int((targets != 0).sum())
-        total += float(ce) * n_tokens
-        tokens_seen += n_tokens
-        captions_seen += captions.shape[0]
-        global_step += 1
-        rate = captions_seen / max(time.perf_counter() - started, 1e-9)
-        bar.set_postfix(loss=f"{float(ce):.3f}", captions_s=f"{rate:.0f}")
-        if writer is not None and global_step % max(config.log_every, 1) == 0:
-            writer.add_scalar("loss/train_batch", float(ce), global_step)
-    return total / max(tokens_seen, 1), global_step
 
 
 def validation_metrics(
@@ -315,30 +327,27 @@ def validation_metrics(
     return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
 
 
-@torch.inference_mode()
-def evaluate_loss(model: ShowAttendTell, loader: DataLoader, device: torch.device) -> float:
-    """Token-averaged cross-entropy with teacher forcing (no regulariser)."""
-    model.eval()
-    total, tokens = 0.0, 0
-    for features, captions in loader:
-        features, captions = features.to(device), captions.to(device)
-        out = model(features, captions)
-        targets = captions[:, 1:]
-        _, ce = caption_loss(out.logits, targets, out.attention)
-        n = int((targets != 0).sum())
-        total += float(ce) * n
-        tokens += n
-    return total / max(tokens, 1)
-
-
-def _loader(cache: FeatureCache, data: Any, config: TrainConfig, shuffle: bool) -> DataLoader:
+def _loader(
+    cache: FeatureCache, data: Any, config: TrainConfig, shuffle: bool, ctx: DistContext
+) -> DataLoader:
+    dataset = CaptionFeatureDataset(cache, data)
+    sampler: Any = None
+    if ctx.enabled:  # shuffled and evened out by DistributedSampler; validation: exact shards
+        sampler = (
+            DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed)
+            if shuffle
+            else ShardSampler(len(dataset), ctx.rank, ctx.world_size)
+        )
     return DataLoader(
-        CaptionFeatureDataset(cache, data),
+        dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=config.num_workers,
-        collate_fn=collate_captions,
-        generator=torch.Generator() if shuffle else None,
+        collate_fn=partial(collate_captions, pad_to_multiple=8)
+        if config.compile
+        else collate_captions,
+        generator=torch.Generator() if shuffle and sampler is None else None,
         persistent_workers=config.num_workers > 0,
     )
 
@@ -362,3 +371,7 @@ def _print(config: TrainConfig, message: str) -> None:
         tqdm.write(message)
     else:
         print(message, flush=True)
+
+
+def _silent(message: str) -> None:
+    """Printing on ranks other than 0."""
