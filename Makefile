@@ -38,8 +38,8 @@ bench-env: $(STAMP)
 	$(BIN)/pip install -c constraints.txt -e ".[dev,bench]"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
