@@ -14,6 +14,7 @@ losses are summed over the ranks, and only rank 0 writes files and prints.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -171,6 +172,10 @@ def _train(
     forward = distributed.wrap_model(model, ctx, device)
     if config.compile:
         forward = CompiledForward(forward, say)
+    else:
+        # Same loss and gradients, without the steps after each caption's end (a compiled
+        # forward keeps the padded steps: the packing's data-dependent shapes break its graph).
+        forward = functools.partial(forward, skip_padding=True)
 
     backbone_header = {
         k: train_cache.header[k]
