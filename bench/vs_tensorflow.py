@@ -63,7 +63,8 @@ def parse_args() -> argparse.Namespace:
         "--variants",
         default="fp32",
         help="captioner training variants, comma-separated: fp32 (padding skipped), "
-        "fp32-padded (every step of every caption, as the seed), bf16 (CPU autocast)",
+        "fp32-padded (every step of every caption, as the seed), bf16 (CPU autocast), "
+        "fp32-compiled, bf16-compiled (torch.compile, every padded step)",
     )
     parser.add_argument("--skip-tf", action="store_true", help="captioner side only")
     parser.add_argument("--skip-train", action="store_true")
@@ -217,7 +218,7 @@ def build_tensorflow(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- captioner
-VARIANTS = ("fp32", "fp32-padded", "bf16")
+VARIANTS = ("fp32", "fp32-padded", "bf16", "fp32-compiled", "bf16-compiled")
 
 
 def build_captioner(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,14 +234,22 @@ def build_captioner(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = ShowAttendTell(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    compiled: list[Any] = []  # torch.compile(model), built on first use (minutes on a CPU)
 
     def train(feats: np.ndarray, caps: np.ndarray, variant: str = "fp32") -> None:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
         model.train()
         captions = torch.from_numpy(caps)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
-            out = model(torch.from_numpy(feats), captions, skip_padding=variant != "fp32-padded")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("bf16")):
+            if variant.endswith("-compiled"):  # every padded step: the graph needs fixed shapes
+                if not compiled:
+                    compiled.append(torch.compile(model))
+                out = compiled[0](torch.from_numpy(feats), captions)
+            else:
+                out = model(
+                    torch.from_numpy(feats), captions, skip_padding=variant != "fp32-padded"
+                )
         loss, _ = caption_loss(out.logits.float(), captions[:, 1:], out.attention.float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
