@@ -171,13 +171,15 @@ def _write_tables(spec: SweepSpec, rows: list[dict[str, Any]]) -> None:
         "|" + "---|" * len(columns),
     ]
     for row in ordered:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c), c) for c in columns) + " |")
     atomic_write_bytes(spec.out / "sweep.md", ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str) -> str:
     if value is None:
         return "–"
+    if isinstance(value, float) and column in ("val_loss", "learning_rate"):
+        return f"{value:.4g}"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        return f"{value:.2f}" if column == "minutes" else f"{value:.1f}"
     return str(value)
