@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="report folder (index.html, ...)")
     p.add_argument("--beam-size", type=int, default=3, help="1 = greedy")
     p.add_argument("--max-length", type=int, default=30)
-    p.add_argument("--no-attention", action="store_true", help="skip the attention PNGs")
+    p.add_argument("--no-attention", action="store_true", help="skip the attention maps")
     p.add_argument("--no-java", action="store_true", help="pure-Python scorer")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
