@@ -64,7 +64,7 @@ class CiderD:
         return key in self._refs
 
     def score(self, key: str, words: Sequence[str]) -> float:
-        """CIDEr-D (x10, as pycocoevalcap; x100 on the papers' scale is 10x this) of one caption."""
+        """CIDEr-D of one caption on pycocoevalcap's scale (the papers print 100x this)."""
         refs = self._refs[key]
         hyp = _Vector(ngram_counts(words), len(words), self._idf, self._log_images)
         total = 0.0
