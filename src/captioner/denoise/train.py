@@ -33,6 +33,7 @@ from captioner.denoise.metrics import psnr, ssim
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_write_json
+from captioner.runlog import say, tensorboard_writer
 from captioner.training.checkpoint import (
     has_training_state,
     load_training_state,
@@ -117,13 +118,13 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
         raise CaptionerError(
             f"{config.images}: too few images ({len(files)}) for a train/val split by file name"
         )
-    _say(config, f"{len(train_files)} training and {len(val_files)} validation images")
+    say(config.progress, f"{len(train_files)} training and {len(val_files)} validation images")
     pictures, skipped = load_pictures(
         train_files, config.patch_size, config.progress, "loading train"
     )
     val_pictures, _ = load_pictures(val_files, 16)
     if skipped:
-        _say(config, f"{len(skipped)} training images skipped (unreadable or too small)")
+        say(config.progress, f"{len(skipped)} training images skipped (unreadable or too small)")
     if not pictures or not val_pictures:
         raise CaptionerError(f"{config.images}: no usable image of at least {config.patch_size} px")
     val = validation_set(val_pictures, mix, config.seed)
@@ -144,15 +145,15 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
         epoch, elapsed, history = progress["epoch"], progress["seconds"], progress["history"]
         stopper.load_state_dict(progress["early_stopping"])
         rng.bit_generator.state = progress["rng"]
-        _say(config, f"resuming after epoch {epoch}")
+        say(config.progress, f"resuming after epoch {epoch}")
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", asdict(config))
     if epoch == 0:
         noisy_psnr = float(psnr(val["sigma25"][0], val["sigma25"][1]).mean())
-        _say(config, f"validation noisy input: sigma 25 PSNR {noisy_psnr:.2f} dB")
+        say(config.progress, f"validation noisy input: sigma 25 PSNR {noisy_psnr:.2f} dB")
 
-    writer = _tensorboard(out / "tensorboard")
+    writer = tensorboard_writer(out / "tensorboard")
     started = time.perf_counter() - elapsed
     stopped = "epochs done"
     while epoch < config.epochs:
@@ -195,8 +196,8 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
                 if key != "epoch":
                     writer.add_scalar(key, value, epoch)
             writer.flush()
-        _say(
-            config,
+        say(
+            config.progress,
             f"epoch {epoch}: train L1 {loss:.4f}, val PSNR {scores['val_psnr']:.2f} dB "
             f"SSIM {scores['val_ssim']:.4f}, sigma 25 PSNR {scores['val_sigma25_psnr']:.2f} dB "
             f"({record['seconds']:.0f} s){' *' if improved else ''}",
@@ -351,18 +352,3 @@ def resume_config(
     if threads is not None:
         config.threads = threads
     return config
-
-
-def _tensorboard(folder: Path) -> Any | None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(folder))
-
-
-def _say(config: DenoiseTrainConfig, message: str) -> None:
-    if config.progress:
-        tqdm.write(message)
-    else:
-        print(message, flush=True)

@@ -29,6 +29,7 @@ from captioner.features.cache import FeatureCache
 from captioner.fileio import atomic_write_json
 from captioner.model.captioner import Captioner, DecodeSettings, check_backbone_matches
 from captioner.model.decoder import ShowAttendTell
+from captioner.runlog import say, tensorboard_writer
 from captioner.training.checkpoint import (
     has_training_state,
     load_training_state,
@@ -160,8 +161,8 @@ def finetune(config: ScstConfig, resume: bool = False) -> ScstResult:
         stopper.update(initial[config.select_on], 0)
         history.append({"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}})
         _save_model(model, vocab, start, initial, 0, run_dir, config)
-        _print(config, f"start: val {_describe(initial)}")
-    writer = _tensorboard(run_dir / "tensorboard")
+        say(config.progress, f"start: val {_describe(initial)}")
+    writer = tensorboard_writer(run_dir / "tensorboard")
 
     for epoch in range(start_epoch, config.epochs + 1):
         if stopper.should_stop:
@@ -195,8 +196,8 @@ def finetune(config: ScstConfig, resume: bool = False) -> ScstResult:
         progress = {"epoch": epoch, "history": history, "early_stopping": stopper.state_dict()}
         save_training_state(state_dir, model, optimizer, None, progress)
         atomic_write_json(run_dir / "history.json", history)
-        _print(
-            config,
+        say(
+            config.progress,
             f"epoch {epoch}: reward {mean_reward:.3f}, val {_describe(scores)}"
             f"{' (best)' if improved else ''}, {seconds:.1f}s",
         )
@@ -307,18 +308,3 @@ def _save_model(
 
 def _describe(scores: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.1f}" for name, value in scores.items())
-
-
-def _tensorboard(folder: Path) -> Any | None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(folder))
-
-
-def _print(config: ScstConfig, message: str) -> None:
-    if config.progress:
-        tqdm.write(message)
-    else:
-        print(message, flush=True)

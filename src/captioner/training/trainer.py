@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
+from captioner import runlog
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
 from captioner.errors import CaptionerError
@@ -111,7 +111,7 @@ def _train(
     run_dir = Path(config.out)
     state_dir = run_dir / "checkpoint"
     main = ctx.is_main
-    say = partial(_print, config) if main else _silent
+    say = partial(runlog.say, config.progress) if main else _silent
     precision = Precision(config.precision, device)
     manifest = Manifest.load(Path(config.manifest))
     features_dir = Path(config.features)
@@ -184,7 +184,7 @@ def _train(
     check_backbone_matches(val_cache.header, backbone_header)
     train_loader = _loader(train_cache, train_data, config, True, ctx)
     val_loader = _loader(val_cache, val_data, config, False, ctx)
-    writer = _tensorboard(run_dir / "tensorboard") if main else None
+    writer = runlog.tensorboard_writer(run_dir / "tensorboard") if main else None
     ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
     say(
         f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
@@ -357,25 +357,10 @@ def _loader(
     )
 
 
-def _tensorboard(folder: Path) -> Any | None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but keep training usable without it
-        return None
-    return SummaryWriter(str(folder))
-
-
 def _plot(history: list[dict[str, Any]], path: Path) -> None:
     from captioner.viz import plot_loss_curve
 
     plot_loss_curve(history, path)
-
-
-def _print(config: TrainConfig, message: str) -> None:
-    if config.progress:
-        tqdm.write(message)
-    else:
-        print(message, flush=True)
 
 
 def _silent(message: str) -> None:
