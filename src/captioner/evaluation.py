@@ -66,3 +66,21 @@ def caption_split(
         bar.update(len(chunk))
     bar.close()
     return SplitCaptions(results, references, skipped)
+
+
+def selection_scores(
+    captioner: Captioner,
+    manifest: Manifest,
+    features_dir: Path,
+    split: str,
+    decode: DecodeSettings,
+) -> dict[str, float]:
+    """BLEU-4 and CIDEr of real decoding of ``split``, from the pure-Python scorer: what model
+    selection reads after each epoch (no Java start-up, no progress bar)."""
+    from captioner.metrics import compute_metrics
+
+    captioner.model.eval()
+    result = caption_split(captioner, manifest, features_dir, split, decode, progress=False)
+    hyps = {key: caption.caption for key, caption in result.results.items()}
+    report = compute_metrics(result.references, hyps, use_java=False)
+    return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from captioner.errors import CheckpointError
+from captioner.errors import CaptionerError, CheckpointError
 from captioner.fileio import (
     atomic_save_safetensors,
     atomic_write_json,
@@ -68,6 +68,19 @@ def save_training_state(
 
 def has_training_state(folder: Path) -> bool:
     return (folder / META).is_file()
+
+
+def check_resume(run_dir: Path, resume: bool, what: str) -> Path:
+    """The state folder ``run_dir/checkpoint``, refusing to overwrite a run without ``resume``
+    and to resume where there is nothing to resume; ``what`` names the run ("a training run")."""
+    state_dir = run_dir / "checkpoint"
+    if has_training_state(state_dir) and not resume:
+        raise CaptionerError(
+            f"{run_dir} already holds {what}; pass --resume to continue it or choose another --out"
+        )
+    if resume and not has_training_state(state_dir):
+        raise CaptionerError(f"{state_dir}: nothing to resume (no training state found)")
+    return state_dir
 
 
 def load_training_state(

@@ -31,7 +31,7 @@ from captioner.model.captioner import Captioner, DecodeSettings, check_backbone_
 from captioner.model.decoder import ShowAttendTell
 from captioner.runlog import say, tensorboard_writer
 from captioner.training.checkpoint import (
-    has_training_state,
+    check_resume,
     load_training_state,
     save_training_state,
 )
@@ -125,14 +125,7 @@ def leave_one_out_advantage(rewards: torch.Tensor, samples: int) -> torch.Tensor
 
 def finetune(config: ScstConfig, resume: bool = False) -> ScstResult:
     run_dir = Path(config.out)
-    state_dir = run_dir / "checkpoint"
-    if has_training_state(state_dir) and not resume:
-        raise CaptionerError(
-            f"{run_dir} already holds an SCST run; pass --resume to continue it or choose "
-            "another --out"
-        )
-    if resume and not has_training_state(state_dir):
-        raise CaptionerError(f"{state_dir}: nothing to resume (no training state found)")
+    state_dir = check_resume(run_dir, resume, "an SCST run")
     seed_everything(config.seed)
     device = resolve_device(config.device)
     start = Captioner.from_pretrained(config.model, device=device, backbone_weights=None)
@@ -276,15 +269,10 @@ def _train_epoch(
 def _validation_scores(
     captioner: Captioner, manifest: Manifest, config: ScstConfig
 ) -> dict[str, float]:
-    from captioner.evaluation import caption_split
-    from captioner.metrics import compute_metrics
+    from captioner.evaluation import selection_scores
 
-    captioner.model.eval()
     decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_length)
-    split = caption_split(captioner, manifest, Path(config.features), "val", decode, progress=False)
-    hyps = {key: result.caption for key, result in split.results.items()}
-    report = compute_metrics(split.references, hyps, use_java=False)
-    return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
+    return selection_scores(captioner, manifest, Path(config.features), "val", decode)
 
 
 def _save_model(

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from captioner import runlog
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
-from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
 from captioner.fileio import atomic_write_json
 from captioner.model.captioner import (
@@ -43,7 +42,7 @@ from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
 from captioner.training import distributed
 from captioner.training.checkpoint import (
-    has_training_state,
+    check_resume,
     load_training_state,
     save_training_state,
 )
@@ -88,15 +87,7 @@ def resolve_device(name: str) -> torch.device:
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train a decoder on a prepared manifest and its extracted features."""
-    run_dir = Path(config.out)
-    state_dir = run_dir / "checkpoint"
-    if has_training_state(state_dir) and not resume:
-        raise CaptionerError(
-            f"{run_dir} already holds a training run; pass --resume to continue it "
-            "or choose another --out"
-        )
-    if resume and not has_training_state(state_dir):
-        raise CaptionerError(f"{state_dir}: nothing to resume (no training state found)")
+    check_resume(Path(config.out), resume, "a training run")
     seed_everything(config.seed)
     ctx, device = distributed.setup(resolve_device(config.device))
     try:
@@ -314,22 +305,11 @@ def validation_metrics(
     config: TrainConfig,
 ) -> dict[str, float]:
     """BLEU-4 and CIDEr of real decoding (not teacher forcing) on the validation split."""
-    from captioner.evaluation import caption_split
-    from captioner.metrics import compute_metrics
+    from captioner.evaluation import selection_scores
 
-    model.eval()
     decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_caption_length)
-    split = caption_split(
-        Captioner(model, vocab, backbone_header),
-        manifest,
-        Path(config.features),
-        "val",
-        decode,
-        progress=False,
-    )
-    hyps = {key: result.caption for key, result in split.results.items()}
-    report = compute_metrics(split.references, hyps, use_java=False)
-    return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
+    captioner = Captioner(model, vocab, backbone_header)
+    return selection_scores(captioner, manifest, Path(config.features), "val", decode)
 
 
 def _loader(
