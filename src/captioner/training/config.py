@@ -91,15 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise CaptionerError(f"{path}: config file not found") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise CaptionerError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise CaptionerError(f"{path}: expected a mapping of settings")
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml_mapping(path, "config file", "a mapping of settings"))
 
     def override(self, assignments: list[str]) -> TrainConfig:
         """Apply ``key=value`` strings (nanoGPT-style overrides), parsing values as YAML."""
@@ -121,3 +113,16 @@ class TrainConfig:
                 )
             data[key] = value
         return TrainConfig.from_dict(data)
+
+
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
+    """The mapping in a YAML file (empty file: {}); any problem is one error naming the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise CaptionerError(f"{path}: {what} not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CaptionerError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise CaptionerError(f"{path}: expected {expected}")
+    return data

@@ -26,13 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from captioner.data.manifest import Manifest
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_write_bytes, atomic_write_json, read_json_document
 from captioner.training.checkpoint import has_training_state
-from captioner.training.config import TrainConfig
+from captioner.training.config import TrainConfig, read_yaml_mapping
 from captioner.training.trainer import train
 
 RESULT_FILE = "sweep_result.json"
@@ -49,14 +47,7 @@ class SweepSpec:
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepSpec:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise CaptionerError(f"{path}: sweep file not found") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise CaptionerError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise CaptionerError(f"{path}: expected a mapping")
+        data = read_yaml_mapping(path, "sweep file", "a mapping")
         unknown = sorted(set(data) - {"base", "manifest", "features", "out", "set", "grid"})
         if unknown:
             raise CaptionerError(f"{path}: unknown sweep keys: {', '.join(unknown)}")
