@@ -126,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-dir", type=Path, help="write one attention PNG per image here")
 
     p = sub.add_parser("evaluate", help="BLEU/METEOR/ROUGE-L/CIDEr of a model on a split")
-    p.add_argument(
-        "--model",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="model folder (e.g. RUN/model); several: an ensemble averaging their words",
-    )
+    add_model_folders(p)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
     p.add_argument("--split", default="test")
@@ -152,13 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report", help="HTML page of a split: captions, references, scores, attention maps"
     )
-    p.add_argument(
-        "--model",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="model folder (e.g. RUN/model); several: an ensemble averaging their words",
-    )
+    add_model_folders(p)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
     p.add_argument("--split", default="test")
@@ -195,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="JSON report shown by /v1/model")
     p.add_argument("--log-level", default="info")
     return parser
+
+
+def add_model_folders(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="model folder (e.g. RUN/model); several: an ensemble averaging their words",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
