@@ -14,33 +14,14 @@ from captioner.decoding import beam_search, greedy_decode
 from captioner.errors import CaptionerError
 from captioner.model.captioner import Captioner
 from captioner.model.ensemble import Ensemble
-from captioner.training.config import TrainConfig
-from captioner.training.trainer import train
-from tests.tiny import write_tiny_dataset
+from tests.tiny import train_tiny, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
     root = tmp_path_factory.mktemp("ensemble")
     manifest, features, _ = write_tiny_dataset(root)
-    folders = []
-    for seed in (0, 1):
-        result = train(
-            TrainConfig(
-                manifest=str(manifest),
-                features=str(features),
-                out=str(root / f"run{seed}"),
-                epochs=3,
-                batch_size=6,
-                hidden_dim=32,
-                attention_dim=16,
-                embed_dim=16,
-                encoder_dim=16,
-                seed=seed,
-                progress=False,
-            )
-        )
-        folders.append(result.model_dir)
+    folders = [train_tiny(manifest, features, root / f"run{s}", epochs=3, seed=s) for s in (0, 1)]
     return manifest, features, folders
 
 

@@ -10,9 +10,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from captioner.training.config import TrainConfig
-from captioner.training.trainer import train
-from tests.tiny import write_tiny_dataset
+from tests.tiny import train_tiny, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +22,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
         Image.fromarray(np.full((24, 32, 3), 40 * i, dtype=np.uint8)).save(
             root / "images" / f"val{i}.png"
         )
-    result = train(
-        TrainConfig(
-            manifest=str(manifest),
-            features=str(features),
-            out=str(root / "run"),
-            epochs=2,
-            batch_size=6,
-            hidden_dim=32,
-            attention_dim=16,
-            embed_dim=16,
-            encoder_dim=16,
-            progress=False,
-        )
-    )
-    return manifest, features, result.model_dir
+    return manifest, features, train_tiny(manifest, features, root / "run", epochs=2)
 
 
 def test_report_page_sorted_by_cider(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:

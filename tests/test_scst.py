@@ -15,15 +15,13 @@ from captioner.model.captioner import Captioner
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
 from captioner.training.cider_reward import CiderD
-from captioner.training.config import TrainConfig
 from captioner.training.scst import (
     ScstConfig,
     finetune,
     leave_one_out_advantage,
     sample_with_log_probs,
 )
-from captioner.training.trainer import train
-from tests.tiny import write_tiny_dataset
+from tests.tiny import train_tiny, write_tiny_dataset
 
 REFS = {
     "a": ["a dog runs on the grass", "a brown dog running outside", "the dog is on the green lawn"],
@@ -91,22 +89,9 @@ def test_samples_stop_at_end_and_keep_gradients() -> None:
 
 def test_scst_finetunes_a_trained_model_and_resumes(tmp_path: Path) -> None:
     manifest, features, _ = write_tiny_dataset(tmp_path)
-    trained = train(
-        TrainConfig(
-            manifest=str(manifest),
-            features=str(features),
-            out=str(tmp_path / "xe"),
-            epochs=3,
-            batch_size=6,
-            hidden_dim=32,
-            attention_dim=16,
-            embed_dim=16,
-            encoder_dim=16,
-            progress=False,
-        )
-    )
+    trained = train_tiny(manifest, features, tmp_path / "xe", epochs=3)
     config = ScstConfig(
-        model=str(trained.model_dir),
+        model=str(trained),
         manifest=str(manifest),
         features=str(features),
         out=str(tmp_path / "scst"),

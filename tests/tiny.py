@@ -41,3 +41,24 @@ def write_tiny_dataset(root: Path, seed: int = 0) -> tuple[Path, Path, list[Imag
         cache.write(np.arange(len(recs)), feats)
         cache.flush()
     return manifest_path, root / "features", records
+
+
+def train_tiny(manifest: Path, features: Path, out: Path, epochs: int, seed: int = 0) -> Path:
+    """A few epochs of a small decoder on a tiny dataset; returns its model folder."""
+    from captioner.training.config import TrainConfig
+    from captioner.training.trainer import train
+
+    config = TrainConfig(
+        manifest=str(manifest),
+        features=str(features),
+        out=str(out),
+        epochs=epochs,
+        batch_size=6,
+        hidden_dim=32,
+        attention_dim=16,
+        embed_dim=16,
+        encoder_dim=16,
+        seed=seed,
+        progress=False,
+    )
+    return train(config).model_dir
