@@ -171,7 +171,7 @@ class FeatureCache:
         return dict(self._failures)
 
     def flush(self) -> None:
-        """Sync features to disk, then atomically replace failures.json and status.npy."""
+        """Sync features to disk, then atomically replace the progress files."""
         if not self._dirty:
             return
         self.array.flush()
@@ -180,11 +180,18 @@ class FeatureCache:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._write_progress()
+        self._dirty = False
+
+    def _write_progress(self) -> None:
+        """failures.json, then status.npy (what a resumed extraction trusts)."""
         atomic_write_json(self.folder / "failures.json", self._failures)
+        self._write_status(self.folder / "status.npy")
+
+    def _write_status(self, path: Path) -> None:
         buffer = io.BytesIO()
         np.save(buffer, self._status)
-        atomic_write_bytes(self.folder / "status.npy", buffer.getvalue())
-        self._dirty = False
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _read_json(path: Path) -> dict[str, Any]:

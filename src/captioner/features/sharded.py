@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -62,23 +61,12 @@ class RankCache(FeatureCache):
         rows = owned_rows(len(self), self.rank, self.world_size)
         return rows[self.status[rows] == PENDING]
 
-    def flush(self) -> None:
-        """Sync the features, then replace this rank's status and failures files."""
-        if not self._dirty:
-            return
-        self.array.flush()
-        fd = os.open(self.folder / "features.npy", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _write_progress(self) -> None:
+        """This rank's own failures and status files (rank 0 merges them at the end)."""
         mine = {self.keys[i] for i in owned_rows(len(self), self.rank, self.world_size)}
         failures = {k: v for k, v in self._failures.items() if k in mine}
         atomic_write_json(_failures_path(self.folder, self.rank, self.world_size), failures)
-        buffer = io.BytesIO()
-        np.save(buffer, self._status)
-        atomic_write_bytes(_status_path(self.folder, self.rank, self.world_size), buffer.getvalue())
-        self._dirty = False
+        self._write_status(_status_path(self.folder, self.rank, self.world_size))
 
 
 def merge_rank_shards(folder: Path) -> int:
