@@ -24,7 +24,7 @@ class Hypothesis:
     finished: bool  # True when <end> was emitted before max_length
 
 
-def _allowed_logits(logits: torch.Tensor) -> torch.Tensor:
+def allowed_logits(logits: torch.Tensor) -> torch.Tensor:
     """Float logits with <pad> and <start> made impossible: they are never a next word."""
     logits = logits.float()
     logits[:, PAD_ID] = float("-inf")
@@ -71,7 +71,7 @@ def _step_decode(
     chosen, chosen_logp, weights = [], [], []
     for _ in range(max_length):
         logits, hidden, alpha = model.step(tokens, hidden, encoded)
-        logits = _allowed_logits(logits)
+        logits = allowed_logits(logits)
         log_probs = torch.log_softmax(logits, dim=-1)
         if temperature is None:
             tokens = log_probs.argmax(dim=-1)
@@ -137,7 +137,7 @@ def beam_search(
 
     for t in range(max_length):
         logits, hidden, alpha = model.step(tokens, hidden, encoded)
-        log_probs = torch.log_softmax(_allowed_logits(logits), dim=-1).view(batch, k, -1)
+        log_probs = torch.log_softmax(allowed_logits(logits), dim=-1).view(batch, k, -1)
         alpha = alpha.float().view(batch, k, -1)
         vocab = log_probs.shape[-1]
 

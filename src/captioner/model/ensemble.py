@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from captioner.data.vocabulary import PAD_ID, START_ID
+from captioner.decoding import allowed_logits
 from captioner.errors import CaptionerError
 from captioner.model.decoder import EncodedImages, ShowAttendTell
 
@@ -65,9 +65,7 @@ class Ensemble(nn.Module):
             self.members, hidden.split(self._hidden_sizes, dim=-1), encoded.parts, strict=True
         ):
             logits, h, weights = member.step(tokens, h, e)
-            logits = logits.float()
-            logits[:, [PAD_ID, START_ID]] = float("-inf")
-            log_probs.append(torch.log_softmax(logits, dim=-1))
+            log_probs.append(torch.log_softmax(allowed_logits(logits), dim=-1))
             hiddens.append(h)
             attention.append(weights)
         mean = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
