@@ -1,9 +1,14 @@
 """SIGKILL ``captioner extract`` and ``captioner train`` at random points, resume, compare.
 
-Each test runs the real command in a subprocess, kills it with SIGKILL after a delay drawn
-from a seeded RNG (a few times), resumes until a run exits 0, then compares the result with
-an uninterrupted run: the feature cache byte for byte, the trained weights exactly. Kills
-land anywhere: while importing, between batches, inside an epoch, during a checkpoint write.
+Each test runs the real command in a subprocess, kills it with SIGKILL at a point drawn from
+a seeded RNG (a few times), resumes until a run exits 0, then compares the result with an
+uninterrupted run: the feature cache byte for byte, the trained weights exactly. Kills land
+anywhere: while importing, between batches, inside an epoch, during a checkpoint write.
+
+A kill point is a share of the child's CPU time (which hardly depends on the machine's
+load) or, for extraction, a count of images done as its progress bar reports: extraction's
+work here is short beside a start-up (importing torch, building the model) whose CPU time
+varies by a second or more between runs on a shared machine.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +38,9 @@ from captioner.features.cache import FeatureCache
 KILLS = 3  # SIGKILLs per test (each at a random point), then runs until one finishes
 RUN_LIMIT_S = 120  # one subprocess run; the whole test is bounded by KILLS + 2 runs
 CACHE_FILES = ("header.json", "features.npy", "status.npy", "failures.json")
+
+# (child's CPU seconds, its stderr so far) -> kill it now
+KillRule = Callable[[float, str], bool]
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -54,80 +64,125 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
-def run_to_completion(args: list[str], progress_file: Path) -> tuple[float, float]:
+class Child:
+    """A ``captioner`` subprocess whose stderr is collected as it comes (progress bars)."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(args, env=environment(), stderr=subprocess.PIPE)
+        self.watch = psutil.Process(self.proc.pid)
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := self.proc.stderr.read1(65536):
+            self._chunks.append(chunk)
+
+    def stderr(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.watch)
+
+    def finish(self, kill: bool = False) -> str:
+        if kill and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=RUN_LIMIT_S)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=30)
+        return self.stderr()
+
+
+def run_to_completion(
+    args: list[str], progress_file: Path, started: Callable[[str], bool] | None = None
+) -> tuple[float, float]:
     """Run once without interruption; return the CPU seconds it had used when its work began
-    and when it ended (CPU time, unlike wall time, hardly depends on the machine's load).
+    and when it ended.
 
     The work is the span over which ``progress_file`` is rewritten (once per flush or epoch):
-    it starts one step before the first write and ends with the last.
+    it starts one step before the first write, or when ``started(stderr)`` first holds, and
+    ends with the last write.
     """
-    proc = subprocess.Popen(args, env=environment(), stderr=subprocess.PIPE, text=True)
-    watch = psutil.Process(proc.pid)
+    child = Child(args)
     writes: list[float] = []
+    began = None
     stamp = None
     deadline = time.monotonic() + RUN_LIMIT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        used = cpu_seconds(watch)
+    while child.proc.poll() is None and time.monotonic() < deadline:
+        used = child.cpu()
+        if began is None and started is not None and started(child.stderr()):
+            began = used
         with contextlib.suppress(FileNotFoundError):
             if progress_file.stat().st_mtime_ns != stamp:
                 stamp = progress_file.stat().st_mtime_ns
                 writes.append(used)
         time.sleep(0.005)
-    _, err = proc.communicate(timeout=RUN_LIMIT_S)
-    assert proc.returncode == 0, err
+    err = child.finish()
+    assert child.proc.returncode == 0, err
     assert "Traceback" not in err
     assert len(writes) >= 3 and writes[-1] < math.inf, writes
-    step = (writes[-1] - writes[0]) / (len(writes) - 1)
-    return writes[0] - step, writes[-1]
+    if began is None:
+        assert started is None, "the reference run never showed its work starting"
+        began = writes[0] - (writes[-1] - writes[0]) / (len(writes) - 1)
+    return began, writes[-1]
 
 
 def kill_and_resume(
     first_args: list[str],
     resume_args: list[str],
     can_resume: Callable[[], bool],
-    remaining: Callable[[], float],
-    timing: tuple[float, float],
-    seed: int,
+    kill_rule: Callable[[int], KillRule | None],
 ) -> dict[str, int]:
-    """Start, SIGKILL at a random point, restart (resuming when possible) until one run ends.
-
-    ``remaining()`` is the share of the work not yet on disk (0..1). Each kill comes when the
-    run has used the reference run's start-up CPU time plus a random share of the CPU time
-    of the work left, so kills land in the work rather than after it, whatever the load of
-    the machine. After ``KILLS`` kills a last run goes to completion.
+    """Start, SIGKILL when ``kill_rule(kills so far)`` says, restart (resuming when possible)
+    until one run ends. After ``KILLS`` kills, or when the rule is None (nothing left to
+    interrupt), a last run goes to completion.
     """
-    rng = random.Random(seed)
-    startup, work_done = timing
     counts = {"killed": 0, "resumed": 0, "runs": 0}
     deadline = time.monotonic() + (KILLS + 2) * RUN_LIMIT_S
     while True:
-        left, resume = remaining(), can_resume()
-        target = math.inf
-        if counts["killed"] < KILLS and left > 0:
-            target = startup + rng.uniform(0.0, 0.9) * (work_done - startup) * left
+        resume = can_resume()
+        rule = kill_rule(counts["killed"]) if counts["killed"] < KILLS else None
         counts["resumed"] += resume
         counts["runs"] += 1
-        proc = subprocess.Popen(
-            resume_args if resume else first_args, env=environment(), stderr=subprocess.PIPE
-        )
-        watch = psutil.Process(proc.pid)
+        child = Child(resume_args if resume else first_args)
         try:
-            while proc.poll() is None and cpu_seconds(watch) < target:
+            while child.proc.poll() is None:
                 assert time.monotonic() < deadline, "the kill test ran out of time"
+                if rule is not None and rule(child.cpu(), child.stderr()):
+                    break
                 time.sleep(0.005)
-            if proc.poll() is None and target < math.inf:
-                proc.send_signal(signal.SIGKILL)
-                proc.communicate(timeout=30)
-                counts["killed"] += 1
-                continue
-            _, err = proc.communicate(timeout=RUN_LIMIT_S)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        assert b"Traceback" not in err
+            alive = child.proc.poll() is None
+            err = child.finish(kill=alive)
+        if alive:
+            counts["killed"] += 1
+            continue
+        assert child.proc.returncode == 0, err
+        assert "Traceback" not in err
         return counts
+
+
+def cpu_rule(
+    rng: random.Random, remaining: Callable[[], float], timing: tuple[float, float]
+) -> Callable[[int], KillRule | None]:
+    """Kill rules at the reference run's start-up CPU time plus a random share of the CPU
+    time of the work left (``remaining()``: the share not yet on disk, 0..1), so kills land
+    in the work rather than after it."""
+    startup, work_done = timing
+
+    def rule_for(kills: int) -> KillRule | None:
+        left = remaining()
+        if left <= 0:
+            return None
+        target = startup + rng.uniform(0.0, 0.9) * (work_done - startup) * left
+        return lambda cpu, _err: cpu >= target
+
+    return rule_for
 
 
 # ---------------------------------------------------------------------------- extract
@@ -158,32 +213,56 @@ def extract_args(manifest: Path, out: Path) -> list[str]:
     # after flushes
     return command(
         "extract", "--manifest", manifest, "--out", out, "--weights", "none",
-        "--batch-size", "1", "--workers", "0", "--device", "cpu", "--no-progress",
+        "--batch-size", "1", "--workers", "0", "--device", "cpu",
     )  # fmt: skip
+
+
+BAR = re.compile(r"features (train|val):[^\r\n]*?(\d+)/(\d+) \[")
+
+
+def images_done(stderr: str) -> int:
+    """Images this run has done so far, read from its last progress bar of each split."""
+    last = {split: int(done) for split, done, _total in BAR.findall(stderr)}
+    return sum(last.values())
 
 
 def test_killed_extraction_resumes_to_an_identical_cache(tmp_path: Path) -> None:
     manifest = write_image_dataset(tmp_path)
     reference = tmp_path / "reference"
-    timing = run_to_completion(
-        extract_args(manifest, reference), reference / "train" / "status.npy"
+    startup, _ = run_to_completion(
+        extract_args(manifest, reference),
+        reference / "train" / "status.npy",
+        lambda err: "features train" in err,
     )
     out = tmp_path / "killed"
     args = extract_args(manifest, out)
 
-    def remaining() -> float:
+    def images_left() -> int:
         done = [
             np.load(out / s / "status.npy")
             for s in ("train", "val")
             if (out / s / "status.npy").exists()
         ]
-        return 1.0 - sum(int((d != 0).sum()) for d in done) / IMAGES
+        return IMAGES - sum(int((d != 0).sum()) for d in done)
+
+    # seed 11: a kill at 41 % of the start-up, then after 50 % and 83 % of the images left
+    rng = random.Random(11)
+
+    def kill_rule(kills: int) -> KillRule | None:
+        share = rng.uniform(0.0, 0.9)
+        if kills == 0:
+            return lambda cpu, _err: cpu >= share * startup
+        if images_left() == 0:
+            return None
+        target = max(1, round(share * images_left()))
+        return lambda _cpu, err: images_done(err) >= target
 
     counts = kill_and_resume(
-        args, args, lambda: (out / "train" / "header.json").exists(), remaining, timing, 1234
+        args, args, lambda: (out / "train" / "header.json").exists(), kill_rule
     )
-    # a kill after the last flush leaves nothing to resume: at least two land in the work
-    assert counts["killed"] >= 2 and counts["resumed"] >= 2, counts
+    # the runs after the two kills in the work resume
+    assert counts["killed"] == KILLS and counts["resumed"] >= 2, counts
+    assert images_left() == 0
     for split in ("train", "val"):
         for name in CACHE_FILES:
             assert (out / split / name).read_bytes() == (reference / split / name).read_bytes(), (
@@ -257,9 +336,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path: Path) -> None:
         train_args(manifest, features, out),
         train_args(manifest, features, out, resume=True),
         state.exists,
-        remaining,
-        timing,
-        4321,
+        cpu_rule(random.Random(4321), remaining, timing),
     )
     assert counts["killed"] == KILLS and counts["resumed"] >= 1, counts
     for name in ("model/model.safetensors", "model/config.json", "checkpoint/state.safetensors"):
