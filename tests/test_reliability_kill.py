@@ -1,19 +1,19 @@
 """SIGKILL ``captioner extract`` and ``captioner train`` at random points, resume, compare.
 
-Each test runs the real command in a subprocess, kills it with SIGKILL at a point drawn from
-a seeded RNG (a few times), resumes until a run exits 0, then compares the result with an
-uninterrupted run: the feature cache byte for byte, the trained weights exactly. Kills land
-anywhere: while importing, between batches, inside an epoch, during a checkpoint write.
+Each test runs the real command in a subprocess, kills it with SIGKILL at points drawn from a
+seeded RNG (three times), resumes until a run exits 0, then compares the result with an
+uninterrupted run: the feature cache byte for byte, the trained weights exactly.
 
-A kill point is a share of the child's CPU time (which hardly depends on the machine's
-load) or, for extraction, a count of images done as its progress bar reports: extraction's
-work here is short beside a start-up (importing torch, building the model) whose CPU time
-varies by a second or more between runs on a shared machine.
+The first kill lands in the start-up (importing torch, loading data, building the model), at
+a random share of its CPU time in the reference run. The next two land after a random number
+of the steps left (images, training batches) as the child's own progress bar counts them:
+in a batch, between flushes, in validation or a checkpoint write. Progress, unlike CPU time
+(which varied by a second or more between runs in CI, and by 2x on a loaded machine), puts
+kills in the work on any machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -51,6 +51,7 @@ def command(*args: object) -> list[str]:
 
 def environment() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env["TQDM_MININTERVAL"] = "0"  # progress bars redraw at every step: kills land on time
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
@@ -98,38 +99,22 @@ class Child:
         return self.stderr()
 
 
-def run_to_completion(
-    args: list[str], progress_file: Path, started: Callable[[str], bool] | None = None
-) -> tuple[float, float]:
-    """Run once without interruption; return the CPU seconds it had used when its work began
-    and when it ended.
-
-    The work is the span over which ``progress_file`` is rewritten (once per flush or epoch):
-    it starts one step before the first write, or when ``started(stderr)`` first holds, and
-    ends with the last write.
-    """
+def startup_cpu_seconds(args: list[str], started: Callable[[str], bool]) -> float:
+    """Run once without interruption; return the CPU seconds it had used when ``started``
+    (of its stderr) first held: the start-up's cost."""
     child = Child(args)
-    writes: list[float] = []
     began = None
-    stamp = None
     deadline = time.monotonic() + RUN_LIMIT_S
     while child.proc.poll() is None and time.monotonic() < deadline:
         used = child.cpu()
-        if began is None and started is not None and started(child.stderr()):
+        if began is None and started(child.stderr()):
             began = used
-        with contextlib.suppress(FileNotFoundError):
-            if progress_file.stat().st_mtime_ns != stamp:
-                stamp = progress_file.stat().st_mtime_ns
-                writes.append(used)
         time.sleep(0.005)
     err = child.finish()
     assert child.proc.returncode == 0, err
     assert "Traceback" not in err
-    assert len(writes) >= 3 and writes[-1] < math.inf, writes
-    if began is None:
-        assert started is None, "the reference run never showed its work starting"
-        began = writes[0] - (writes[-1] - writes[0]) / (len(writes) - 1)
-    return began, writes[-1]
+    assert began is not None and began < math.inf, "the reference run never showed its work"
+    return began
 
 
 def kill_and_resume(
@@ -167,20 +152,23 @@ def kill_and_resume(
         return counts
 
 
-def cpu_rule(
-    rng: random.Random, remaining: Callable[[], float], timing: tuple[float, float]
+def kill_rules(
+    seed: int, startup: float, steps_left: Callable[[], int], steps_done: Callable[[str], int]
 ) -> Callable[[int], KillRule | None]:
-    """Kill rules at the reference run's start-up CPU time plus a random share of the CPU
-    time of the work left (``remaining()``: the share not yet on disk, 0..1), so kills land
-    in the work rather than after it."""
-    startup, work_done = timing
+    """The kill rule of each run: the first kill after a random share of ``startup`` CPU
+    seconds, the next ones after a random number of the ``steps_left()`` steps (1..all),
+    counted by ``steps_done(stderr)`` in the run. None when nothing is left to interrupt."""
+    rng = random.Random(seed)
 
     def rule_for(kills: int) -> KillRule | None:
-        left = remaining()
+        share = rng.random()
+        if kills == 0:
+            return lambda cpu, _err: cpu >= share * startup
+        left = steps_left()
         if left <= 0:
             return None
-        target = startup + rng.uniform(0.0, 0.9) * (work_done - startup) * left
-        return lambda cpu, _err: cpu >= target
+        target = 1 + int(share * (left - 1))
+        return lambda _cpu, err: steps_done(err) >= target
 
     return rule_for
 
@@ -217,22 +205,20 @@ def extract_args(manifest: Path, out: Path) -> list[str]:
     )  # fmt: skip
 
 
-BAR = re.compile(r"features (train|val):[^\r\n]*?(\d+)/(\d+) \[")
+EXTRACT_BAR = re.compile(r"features (train|val):[^\r\n]*?(\d+)/\d+ \[")
 
 
 def images_done(stderr: str) -> int:
-    """Images this run has done so far, read from its last progress bar of each split."""
-    last = {split: int(done) for split, done, _total in BAR.findall(stderr)}
+    """Images this run has done so far: the last count of each split's progress bar."""
+    last = {split: int(done) for split, done in EXTRACT_BAR.findall(stderr)}
     return sum(last.values())
 
 
 def test_killed_extraction_resumes_to_an_identical_cache(tmp_path: Path) -> None:
     manifest = write_image_dataset(tmp_path)
     reference = tmp_path / "reference"
-    startup, _ = run_to_completion(
-        extract_args(manifest, reference),
-        reference / "train" / "status.npy",
-        lambda err: "features train" in err,
+    startup = startup_cpu_seconds(
+        extract_args(manifest, reference), lambda err: "features train" in err
     )
     out = tmp_path / "killed"
     args = extract_args(manifest, out)
@@ -245,21 +231,10 @@ def test_killed_extraction_resumes_to_an_identical_cache(tmp_path: Path) -> None
         ]
         return IMAGES - sum(int((d != 0).sum()) for d in done)
 
-    # seed 11: a kill at 41 % of the start-up, then after 50 % and 83 % of the images left
-    rng = random.Random(11)
-
-    def kill_rule(kills: int) -> KillRule | None:
-        share = rng.uniform(0.0, 0.9)
-        if kills == 0:
-            return lambda cpu, _err: cpu >= share * startup
-        if images_left() == 0:
-            return None
-        target = max(1, round(share * images_left()))
-        return lambda _cpu, err: images_done(err) >= target
-
-    counts = kill_and_resume(
-        args, args, lambda: (out / "train" / "header.json").exists(), kill_rule
-    )
+    # seed 10: kills at 57 % of the start-up, after 26 images (in train, after its flush at
+    # 20), then 23 images into the resumed run (train's last 20, 3 of val)
+    rules = kill_rules(10, startup, images_left, images_done)
+    counts = kill_and_resume(args, args, lambda: (out / "train" / "header.json").exists(), rules)
     # the runs after the two kills in the work resume
     assert counts["killed"] == KILLS and counts["resumed"] >= 2, counts
     assert images_left() == 0
@@ -278,6 +253,7 @@ def test_killed_extraction_resumes_to_an_identical_cache(tmp_path: Path) -> None
 
 
 EPOCHS = 5
+BATCHES = 96 * 2 // 8  # per epoch: 96 training images, 2 captions each, batch size 8
 WORDS = ["red", "green", "blue", "circle", "square", "triangle", "small", "large"]
 
 
@@ -312,31 +288,45 @@ def train_args(manifest: Path, features: Path, out: Path, resume: bool = False) 
     return command(
         "train", "--manifest", manifest, "--features", features, "--out", out,
         "--epochs", EPOCHS, "--batch-size", "8", "--lr", "0.003", "--patience", "3",
-        "--seed", "7", "--device", "cpu", "--no-progress", *(["--resume"] if resume else []),
+        "--seed", "7", "--device", "cpu", *(["--resume"] if resume else []),
         "--set", "hidden_dim=48", "attention_dim=32", "encoder_dim=32", "embed_dim=16",
         "dropout=0.3", "lr_schedule=plateau",
     )  # fmt: skip
 
 
+TRAIN_BAR = re.compile(r"epoch (\d+):[^\r\n]*?(\d+)/(\d+) \[")
+
+
+def batches_done(stderr: str) -> int:
+    """Training batches this run has done so far, from its per-epoch progress bars."""
+    bars = [tuple(map(int, match)) for match in TRAIN_BAR.findall(stderr)]
+    if not bars:
+        return 0
+    first_epoch, (epoch, done, total) = bars[0][0], bars[-1]
+    assert total == BATCHES, bars[-1]
+    return (epoch - first_epoch) * total + done
+
+
 def test_killed_training_resumes_to_identical_weights(tmp_path: Path) -> None:
     manifest, features = write_feature_dataset(tmp_path)
     reference = tmp_path / "reference"
-    timing = run_to_completion(
-        train_args(manifest, features, reference), reference / "checkpoint" / "state.json"
+    startup = startup_cpu_seconds(
+        train_args(manifest, features, reference), lambda err: "epoch 1:" in err
     )
     out = tmp_path / "killed"
     state = out / "checkpoint" / "state.json"
 
-    def remaining() -> float:
-        if not state.exists():
-            return 1.0
-        return 1.0 - json.loads(state.read_text())["progress"]["epoch"] / EPOCHS
+    def batches_left() -> int:
+        epochs = json.loads(state.read_text())["progress"]["epoch"] if state.exists() else 0
+        return (EPOCHS - epochs) * BATCHES
 
+    # seed 3: kills at 24 % of the start-up, at batch 17 of epoch 3, then 27 batches into the
+    # resumed run (epoch 3's 24 again, then 3 of epoch 4)
     counts = kill_and_resume(
         train_args(manifest, features, out),
         train_args(manifest, features, out, resume=True),
         state.exists,
-        cpu_rule(random.Random(4321), remaining, timing),
+        kill_rules(3, startup, batches_left, batches_done),
     )
     assert counts["killed"] == KILLS and counts["resumed"] >= 1, counts
     for name in ("model/model.safetensors", "model/config.json", "checkpoint/state.safetensors"):

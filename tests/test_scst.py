@@ -110,6 +110,8 @@ def test_scst_finetunes_a_trained_model_and_resumes(tmp_path: Path) -> None:
     assert model.info["scst"]["epoch"] == result.best_epoch
     with pytest.raises(CaptionerError, match="--resume"):
         finetune(config)
+    with pytest.raises(CaptionerError, match="samples: 3 then, 4 now"):
+        finetune(ScstConfig(**{**config.__dict__, "samples": 4}), resume=True)
     more = finetune(ScstConfig(**{**config.__dict__, "epochs": 3}), resume=True)
     assert [r["epoch"] for r in more.history] == [0, 1, 2, 3]
 

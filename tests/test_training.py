@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +125,14 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
     train(part)
     with pytest.raises(CaptionerError, match="--resume"):
         train(part)
+    other = dataclasses.replace(part, epochs=6, dropout=0.3, learning_rate=0.5)
+    with pytest.raises(CaptionerError, match=r"dropout: 0\.2 then, 0\.3 now; learning_rate"):
+        train(other, resume=True)
     part.epochs = 6
     resumed = train(part, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+    recorded = json.loads((Path(part.out) / "train_config.json").read_text())
+    assert recorded["epochs"] == 6 and recorded["dropout"] == 0.2
     for a, b in zip(full.history, resumed.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
@@ -161,3 +170,20 @@ def test_atomic_writes_leave_readable_files_and_no_temporaries(tmp_path: Path) -
     assert json.loads(target.read_text()) == {"x": 2}
     assert target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_writes_remove_temporaries_left_by_killed_processes(tmp_path: Path) -> None:
+    from captioner.fileio import atomic_write_json
+
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    dead = int(ended.stdout)
+    orphan = tmp_path / f".a.json.{dead}.x1y2.tmp"  # a writer killed mid-write
+    live = tmp_path / f".a.json.{os.getppid()}.x1y2.tmp"  # maybe being written right now
+    other = tmp_path / f".b.json.{dead}.x1y2.tmp"  # another file's: left to its own writes
+    for leftover in (orphan, live, other):
+        leftover.write_text("{half")
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["a.json", live.name, other.name])

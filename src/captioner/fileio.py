@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,10 +17,15 @@ from captioner.errors import CheckpointError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync it, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync it, then rename over ``path``.
+
+    The temporary file is ``.NAME.PID.XXXX.tmp``; after the rename, those of ``path`` left
+    by processes that no longer run (killed mid-write) are removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; written files are ordinary data files
         with os.fdopen(fd, "wb") as handle:
@@ -31,6 +37,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    _remove_orphaned_temporaries(path)
+
+
+def _remove_orphaned_temporaries(path: Path) -> None:
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = leftover.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would signal the process there: keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else (PermissionError), or cannot tell
+        return True
+    return True
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

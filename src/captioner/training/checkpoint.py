@@ -7,6 +7,7 @@ files do not belong together (a kill between the two writes) is refused.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,36 @@ def check_resume(run_dir: Path, resume: bool, what: str) -> Path:
     if resume and not has_training_state(state_dir):
         raise CaptionerError(f"{state_dir}: nothing to resume (no training state found)")
     return state_dir
+
+
+def check_resumed_settings(
+    recorded: Path, current: dict[str, Any], may_change: set[str], what: str
+) -> None:
+    """Refuse to resume a run with other settings than it started with (``recorded``, a JSON
+    object), except those in ``may_change`` (paths, devices, the epoch budget...): a resumed
+    run must be the run that was interrupted, not another one on top of its state."""
+    try:
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptionerError(
+            f"{recorded}: missing, so the settings {what} started with are unknown"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CaptionerError(f"{recorded}: unreadable settings ({exc})") from None
+    if not isinstance(before, dict):
+        raise CaptionerError(f"{recorded}: unreadable settings (not a JSON object)")
+    differ = [
+        f"{name}: {before.get(name)!r} then, {value!r} now"
+        for name, value in current.items()
+        if name not in may_change and before.get(name) != value
+    ]
+    if differ:
+        allowed = ", ".join(sorted(may_change))
+        raise CaptionerError(
+            f"cannot resume {what} with other settings than {recorded} records "
+            f"({'; '.join(differ)}): pass the same settings (the same --config/--set/options) "
+            f"or start a new run in another --out. These may change on resume: {allowed}"
+        )
 
 
 def load_training_state(

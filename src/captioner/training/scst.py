@@ -32,6 +32,7 @@ from captioner.model.decoder import ShowAttendTell
 from captioner.runlog import say, tensorboard_writer
 from captioner.training.checkpoint import (
     check_resume,
+    check_resumed_settings,
     load_training_state,
     save_training_state,
 )
@@ -123,9 +124,17 @@ def leave_one_out_advantage(rewards: torch.Tensor, samples: int) -> torch.Tensor
     return (grouped - baseline).view(-1)
 
 
+# Settings a resumed SCST run may change (paths, device, display, how long it goes on).
+RESUME_MAY_CHANGE = {"manifest", "features", "out", "epochs", "patience", "device", "progress"}
+
+
 def finetune(config: ScstConfig, resume: bool = False) -> ScstResult:
     run_dir = Path(config.out)
     state_dir = check_resume(run_dir, resume, "an SCST run")
+    if resume:
+        check_resumed_settings(
+            run_dir / "scst_config.json", asdict(config), RESUME_MAY_CHANGE, "an SCST run"
+        )
     seed_everything(config.seed)
     device = resolve_device(config.device)
     start = Captioner.from_pretrained(config.model, device=device, backbone_weights=None)

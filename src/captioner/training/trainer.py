@@ -43,6 +43,7 @@ from captioner.model.decoder import ShowAttendTell
 from captioner.training import distributed
 from captioner.training.checkpoint import (
     check_resume,
+    check_resumed_settings,
     load_training_state,
     save_training_state,
 )
@@ -85,9 +86,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Settings a resumed run may change: where things are, how the run is shown, and how long it
+# goes on; everything else (model, data handling, optimisation) must be as it started.
+RESUME_MAY_CHANGE = {
+    "manifest", "features", "out", "epochs", "patience", "device", "num_workers",
+    "log_every", "progress", "precision", "compile", "tags",
+}  # fmt: skip
+
+
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train a decoder on a prepared manifest and its extracted features."""
     check_resume(Path(config.out), resume, "a training run")
+    if resume:
+        check_resumed_settings(
+            Path(config.out) / "train_config.json",
+            config.to_dict(),
+            RESUME_MAY_CHANGE,
+            "a training run",
+        )
     seed_everything(config.seed)
     ctx, device = distributed.setup(resolve_device(config.device))
     try:
@@ -112,6 +128,8 @@ def _train(
     vocab_path = run_dir / "vocab.json"
     if resume:
         vocab = Vocabulary.load(vocab_path)
+        if main:  # the record follows what may change (a longer run, another device)
+            atomic_write_json(run_dir / "train_config.json", config.to_dict())
     else:
         train_captions = [c for r in manifest.split("train") for c in r.captions]
         vocab = Vocabulary.build(train_captions, config.vocab_size, config.min_word_count)
