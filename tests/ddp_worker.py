@@ -9,6 +9,7 @@ OUT/step/{loss.json,ddp.st}, then a sharded extraction of IMAGES into OUT/cache.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -91,6 +92,7 @@ def run_extract(images: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.enable(all_threads=True)  # a rank that aborts shows where (CI saw one SIGABRT)
     torch.set_num_threads(1)
     images, out = Path(sys.argv[1]), Path(sys.argv[2])
     run_step(out / "step")

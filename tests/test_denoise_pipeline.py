@@ -84,3 +84,37 @@ def test_caption_denoises_first(setup: dict, tmp_path: Path) -> None:
     strip = [{k: v for k, v in r.items() if k != "image"} for r in chained]
     assert strip == [{k: v for k, v in r.items() if k != "image"} for r in by_hand]
     assert [r["token_log_probs"] for r in chained] != [r["token_log_probs"] for r in plain]
+
+
+def test_a_model_trained_on_denoised_features_notes_undenoised_input(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    manifest, root, denoiser = setup["manifest"], setup["root"], str(setup["denoiser"])
+    small = ["--set", "hidden_dim=16", "attention_dim=16", "encoder_dim=16", "embed_dim=16"]
+    train = ["train", "--manifest", str(manifest), "--epochs", "1", "--no-progress", *small]
+    assert main([*train, "--features", str(root / "den"), "--out", str(tmp_path / "run")]) == 0
+    model = tmp_path / "run" / "model"
+    weights_id = load_denoiser(setup["denoiser"]).weights_id
+    info = json.loads((model / "config.json").read_text())["info"]
+    assert info["image_transform"] == f"denoiser-{weights_id}"
+    plain_info = json.loads((setup["model"] / "config.json").read_text())["info"]
+    assert plain_info["image_transform"] is None
+    capsys.readouterr()
+
+    photo = str(sorted(setup["images"].glob("*.png"))[0])
+    assert main(["caption", photo, "--model", str(model), "--greedy"]) == 0
+    err = capsys.readouterr().err
+    assert f"trained on features of images denoised by denoiser-{weights_id}" in err
+    assert "captioned from images as they are (not denoised)" in err
+    assert main(["caption", photo, "--model", str(model), "--greedy", "--denoise", denoiser]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+    out = tmp_path / "eval.json"
+    evaluate = ["evaluate", "--model", str(model), "--manifest", str(manifest), "--split", "val"]
+    evaluate += ["--no-java", "--output", str(out)]
+    assert main([*evaluate, "--features", str(root / "plain")]) == 0
+    assert f"{root / 'plain' / 'val'} are of images as they are" in capsys.readouterr().out
+    assert len(json.loads(out.read_text())["notes"]) == 1
+    assert main([*evaluate, "--features", str(root / "den")]) == 0
+    assert "are of images" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["notes"] == []

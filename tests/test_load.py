@@ -98,8 +98,10 @@ def start_server(model: Path, port: int) -> subprocess.Popen:
     args = [
         sys.executable, "-m", "captioner.cli", "serve", "--model", str(model),
         "--backbone-weights", "none", "--host", "127.0.0.1", "--port", str(port),
-        "--threads", "1", "--max-queue", str(CLIENTS + 14), "--log-level", "warning",
+        "--threads", "1", "--log-level", "warning",
     ]  # fmt: skip
+    if CLIENTS > 50:  # the default --max-queue (64) is meant for 50 clients
+        args += ["--max-queue", str(CLIENTS + 14)]
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="per image file")
     p.add_argument("--max-images", type=int, default=8, help="images per request")
-    p.add_argument("--max-queue", type=int, default=32, help="waiting requests before 503")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     p.add_argument("--max-batch", type=int, default=8, help="images per model call")
     p.add_argument("--metrics", type=Path, help="JSON report shown by /v1/model")
     p.add_argument("--log-level", default="info")

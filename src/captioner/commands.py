@@ -141,7 +141,7 @@ def run_scst(args: argparse.Namespace) -> int:
 
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.denoise.commands import load_for_pipeline
-    from captioner.model.captioner import Captioner
+    from captioner.model.captioner import Captioner, image_transform_note
     from captioner.training.trainer import resolve_device
     from captioner.vision.images import expand_image_paths
 
@@ -151,6 +151,13 @@ def run_caption(args: argparse.Namespace) -> int:
     captioner = Captioner.from_pretrained(
         args.model, device=device, backbone_weights=args.backbone_weights
     )
+    note = image_transform_note(
+        captioner.info.get("image_transform"),
+        f"denoiser-{denoiser.weights_id}" if denoiser is not None else None,
+        "these are captioned from",
+    )
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     results = captioner.caption(
         images,
         beam_size=1 if args.greedy else args.beam_size,
@@ -257,6 +264,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_table(report))
     for note in report.skipped:
         print(f"note: {note}")
+    for note in split.notes:
+        print(f"note: {note}")
     if split.skipped:
         print(f"note: {len(split.skipped)} images without features were not evaluated")
     if args.output:
@@ -268,6 +277,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "skipped_metrics": report.skipped,
                 "num_images": report.num_images,
                 "images_without_features": split.skipped,
+                "notes": split.notes,
                 "split": args.split,
                 "manifest": str(args.manifest),
                 "model": [str(m) for m in args.model],

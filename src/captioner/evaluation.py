@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from captioner.model.captioner import (
     CaptionResult,
     DecodeSettings,
     check_backbone_matches,
+    image_transform_note,
 )
 
 
@@ -24,6 +25,7 @@ class SplitCaptions:
     results: dict[str, CaptionResult]  # image file -> generated caption
     references: dict[str, list[str]]  # image file -> reference captions
     skipped: list[str]  # images of the split without features
+    notes: list[str] = field(default_factory=list)  # e.g. features of other images than trained on
 
 
 def caption_split(
@@ -38,6 +40,11 @@ def caption_split(
     """Decode every image of ``split`` whose features are in ``features_dir/split``."""
     cache = FeatureCache.open(Path(features_dir) / split)
     check_backbone_matches(cache.header, captioner.backbone_header)
+    note = image_transform_note(
+        captioner.info.get("image_transform"),
+        cache.header.get("image_transform"),
+        f"the features in {cache.folder} are of",
+    )
     valid = set(int(i) for i in cache.valid_indices())
     todo, skipped = [], []
     for record in manifest.split(split):
@@ -65,7 +72,7 @@ def caption_split(
             references[record.file] = list(record.captions)
         bar.update(len(chunk))
     bar.close()
-    return SplitCaptions(results, references, skipped)
+    return SplitCaptions(results, references, skipped, [note] if note else [])
 
 
 def selection_scores(

@@ -73,7 +73,7 @@ def write_report(
     metrics = compute_metrics(captions.references, hyps, use_java=use_java)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    notes = list(metrics.skipped)
+    notes = list(metrics.skipped) + captions.notes
     records = {record.file: record for record in manifest.split(split)}
     for key in tqdm(hyps, desc="report", unit="img", disable=not progress, leave=False):
         result = captions.results[key]

@@ -180,6 +180,9 @@ class Captioner:
                 )
             check_backbone_matches(member.backbone_header, first.backbone_header)
         info = {"ensemble": [str(f) for f in folders], "members": [m.info for m in members]}
+        transforms = {m.info.get("image_transform") for m in members}
+        if len(transforms) == 1:  # the members' inputs agree: the ensemble's is theirs
+            info["image_transform"] = transforms.pop()
         model = Ensemble([m.model for m in members]).to(device).eval()
         captioner = cls(model, first.vocab, dict(first.backbone_header), info)  # type: ignore[arg-type]
         if backbone_weights is not None:
@@ -363,6 +366,22 @@ def load_state(model: torch.nn.Module, path: Path) -> None:
                 f"{list(expected[key].shape)}"
             )
     model.load_state_dict(state, strict=True)
+
+
+def describe_image_transform(transform: str | None) -> str:
+    return f"images denoised by {transform}" if transform else "images as they are (not denoised)"
+
+
+def image_transform_note(trained_on: str | None, given: str | None, given_what: str) -> str | None:
+    """A note when a model trained on features of ``trained_on`` images (None: as they are;
+    "denoiser-<sha>": denoised) is given ``given`` ones, else None. Not an error: captioning
+    clean photos with a model trained on denoised ones, or the reverse, is allowed."""
+    if (trained_on or None) == (given or None):
+        return None
+    return (
+        f"the model was trained on features of {describe_image_transform(trained_on)}, "
+        f"{given_what} {describe_image_transform(given)}"
+    )
 
 
 def check_backbone_matches(actual: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ class ServeSettings:
     max_side: int = 1024  # decoded pictures are shrunk to this before queueing
     max_beam: int = 10
     max_length: int = 60
-    max_queue: int = 32  # requests waiting for the model; more get 503
+    max_queue: int = 64  # requests waiting for the model; more get 503
     max_batch: int = 8  # images per model call
     batch_wait_s: float = 0.002  # how long a lone request waits for company
     decode_threads: int = 2  # uploads decoded in parallel

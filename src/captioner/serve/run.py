@@ -50,6 +50,12 @@ def serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if captioner.info.get("image_transform") and denoiser is None:
+        print(
+            "captioner serve: note: the model was trained on features of images denoised by "
+            f"{captioner.info['image_transform']}; without --denoise, requests cannot ask for it",
+            file=sys.stderr,
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"captioner serve: listening on {args.host}: anyone who can reach it can use it "

@@ -75,7 +75,7 @@ class ModelWorker:
         captioner: Captioner,
         denoiser: Denoiser | None = None,
         *,
-        max_queue: int = 32,
+        max_queue: int = 64,
         max_batch: int = 8,
         batch_wait_s: float = 0.01,
     ) -> None:

@@ -275,6 +275,8 @@ def _train(
                 "manifest": str(config.manifest),
                 "train_images": len(set(train_data.rows)),
                 "source": manifest.source,
+                # "denoiser-<sha>" when the features were extracted from denoised images
+                "image_transform": train_cache.header.get("image_transform"),
             }
             Captioner(model, vocab, backbone_header, info).save_pretrained(run_dir / "model")
         if scheduler is not None:
