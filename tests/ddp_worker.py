@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,9 +93,16 @@ def run_extract(images: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    faulthandler.enable(all_threads=True)  # a rank that aborts shows where (CI saw one SIGABRT)
+    faulthandler.enable(all_threads=True)  # a rank that aborts shows where
     torch.set_num_threads(1)
     images, out = Path(sys.argv[1]), Path(sys.argv[2])
     run_step(out / "step")
     run_extract(images, out / "cache")
     distributed.dist.destroy_process_group()
+    # About 1 launch in 20, a rank aborted ("terminate called without an active exception",
+    # SIGABRT) after its last Python line, in the interpreter's finalization (faulthandler: no
+    # Python frame), with every output written: a torch/gloo teardown race, not ours. The
+    # outputs are on disk, so end without finalizing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
