@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from captioner import __version__
 from captioner.denoise.commands import add_denoise_option, add_denoise_parser
@@ -210,5 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry_point() -> NoReturn:
+    """The ``captioner`` command: ``main``, then exit with its code."""
+    code = main()
+    distributed = sys.modules.get("captioner.training.distributed")
+    if distributed is not None and distributed.group_ended():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # see distributed.group_ended: skip the finalization that can abort
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()
