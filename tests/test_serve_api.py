@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 import threading
 import zlib
@@ -294,6 +295,17 @@ def test_openapi_schema(client: httpx.Client) -> None:
     assert {"/v1/caption", "/v1/health", "/v1/model"} <= set(schema["paths"])
     body = schema["paths"]["/v1/caption"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body
+
+
+def test_docs_page_is_served_without_a_cdn(client: httpx.Client) -> None:
+    for path in ("/docs", "/redoc"):
+        page = client.get(path)
+        assert page.status_code == 200 and "/openapi.json" in page.text
+        sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert sources and all(s.startswith("/") for s in sources), sources  # none external
+        for source in sources:
+            asset = client.get(source)
+            assert asset.status_code == 200 and len(asset.content) > 500, source
 
 
 def test_page_and_static_files(client: httpx.Client) -> None:

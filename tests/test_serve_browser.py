@@ -211,3 +211,20 @@ def test_phone_width_error_message_and_denoise(
         assert browser.find_elements(By.CSS_SELECTOR, "#words .word")
     finally:
         browser.set_window_size(1200, 940)
+
+
+def test_api_docs_render_from_local_files(
+    browser: WebDriver, served: tuple[str, str | None]
+) -> None:
+    url, _ = served
+    browser.set_window_size(1200, 940)
+    browser.get(url + "/docs")
+    wait_for(browser, "return document.querySelectorAll('.opblock-summary-path').length > 0")
+    paths = browser.execute_script(
+        "return [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)"
+    )
+    assert "/v1/caption" in " ".join(paths), paths
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded and all(name.startswith(url) for name in loaded), loaded

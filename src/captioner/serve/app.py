@@ -17,6 +17,7 @@ import torch
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from captioner.model.captioner import Captioner
 from captioner.serve.errors import ApiError, add_error_handlers
@@ -109,7 +110,9 @@ def create_app(
         yield
         await anyio.to_thread.run_sync(worker.stop)
 
-    app = FastAPI(
+    # /docs and /redoc from the installed fastapi-offline's files, not a CDN: they work on
+    # machines without internet access, like the rest of the service.
+    app = FastAPIOffline(
         title="captioner",
         summary="Show, Attend and Tell image captions with per-word attention maps.",
         version=_version(),
