@@ -100,10 +100,10 @@ def check_resumed_settings(
         raise CaptionerError(f"{recorded}: unreadable settings ({exc})") from None
     if not isinstance(before, dict):
         raise CaptionerError(f"{recorded}: unreadable settings (not a JSON object)")
-    differ = [
-        f"{name}: {before.get(name)!r} then, {value!r} now"
+    differ = [  # settings the record lacks (added by a later version) are not compared
+        f"{name}: {before[name]!r} then, {value!r} now"
         for name, value in current.items()
-        if name not in may_change and before.get(name) != value
+        if name not in may_change and name in before and before[name] != value
     ]
     if differ:
         allowed = ", ".join(sorted(may_change))
