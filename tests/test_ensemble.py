@@ -14,7 +14,7 @@ from captioner.decoding import beam_search, greedy_decode
 from captioner.errors import CaptionerError
 from captioner.model.captioner import Captioner
 from captioner.model.ensemble import Ensemble
-from tests.tiny import train_tiny, write_tiny_dataset
+from tests.tiny import split_command, train_tiny, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +60,8 @@ def test_an_ensemble_of_one_model_twice_decodes_like_the_model(
 def test_evaluate_an_ensemble(two_models: tuple[Path, Path, list[Path]], tmp_path: Path) -> None:
     manifest, features, folders = two_models
     out = tmp_path / "eval.json"
-    code = main(
-        [
-            "evaluate",
-            "--model",
-            *map(str, folders),
-            "--manifest",
-            str(manifest),
-            "--features",
-            str(features),
-            "--split",
-            "val",
-            "--no-java",
-            "--no-progress",
-            "--output",
-            str(out),
-        ]
-    )
+    extra = ["--no-java", "--no-progress", "--output", str(out)]
+    code = main(split_command("evaluate", folders, manifest, features, "val", *extra))
     assert code == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["model"] == [str(f) for f in folders]

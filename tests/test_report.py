@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from tests.tiny import train_tiny, write_tiny_dataset
+from tests.tiny import split_command, train_tiny, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +28,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 def test_report_page_sorted_by_cider(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     manifest, features, model = trained
     out = tmp_path / "report"
-    args = [
-        "report",
-        "--model",
-        str(model),
-        "--manifest",
-        str(manifest),
-        "--features",
-        str(features),
-        "--split",
-        "val",
-        "--out",
-        str(out),
-        "--beam-size",
-        "1",
-        "--no-java",
-        "--no-progress",
-    ]
-    assert main(args) == 0
+    extra = ["--out", str(out), "--beam-size", "1", "--no-java", "--no-progress"]
+    assert main(split_command("report", model, manifest, features, "val", *extra)) == 0
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     rows = data["rows"]
     assert len(rows) == 6 and data["images"] == 6
@@ -72,22 +56,8 @@ def test_report_unknown_split_is_a_clear_error(
     trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     manifest, features, model = trained
-    code = main(
-        [
-            "report",
-            "--model",
-            str(model),
-            "--manifest",
-            str(manifest),
-            "--features",
-            str(features),
-            "--split",
-            "test",
-            "--out",
-            str(tmp_path / "r"),
-            "--no-java",
-        ]
-    )
+    extra = ["--out", str(tmp_path / "r"), "--no-java"]
+    code = main(split_command("report", model, manifest, features, "test", *extra))
     assert code == 2
     assert "no split 'test'" in capsys.readouterr().err
 
@@ -97,26 +67,8 @@ def test_evaluate_json_has_per_image_scores(
 ) -> None:
     manifest, features, model = trained
     out = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(model),
-                "--manifest",
-                str(manifest),
-                "--features",
-                str(features),
-                "--split",
-                "val",
-                "--no-java",
-                "--no-progress",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    extra = ["--no-java", "--no-progress", "--output", str(out)]
+    assert main(split_command("evaluate", model, manifest, features, "val", *extra)) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     per_image = [c["CIDEr"] for c in report["captions"].values()]
     assert np.mean(per_image) == pytest.approx(report["scores"]["CIDEr"], abs=1e-6)

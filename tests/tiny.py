@@ -62,3 +62,15 @@ def train_tiny(manifest: Path, features: Path, out: Path, epochs: int, seed: int
         progress=False,
     )
     return train(config).model_dir
+
+
+def split_command(
+    command: str, models: Path | list[Path], manifest: Path, features: Path, split: str, *extra: str
+) -> list[str]:
+    """The arguments of a ``captioner`` command that reads a split's cached features
+    (``evaluate``, ``report``): one model folder or several (an ensemble), then ``extra``."""
+    folders = models if isinstance(models, list) else [models]
+    return [
+        command, "--model", *map(str, folders), "--manifest", str(manifest),
+        "--features", str(features), "--split", split, *extra,
+    ]  # fmt: skip
