@@ -238,7 +238,13 @@ def test_safe_name_keeps_only_a_printable_base_name() -> None:
 
 
 def test_invalid_options_are_422_with_the_field_named(client: httpx.Client) -> None:
-    for options in ({"beam_size": "0"}, {"beam_size": "many"}, {"max_length": "1000"}):
+    invalid = (
+        {"beam_size": "0"},
+        {"beam_size": "many"},
+        {"max_length": "1000"},
+        {"attention": "1"},
+    )
+    for options in invalid:
         response = post_images(client, ("a.png", png_bytes()), **options)
         assert response.status_code == 422, options
         assert response.json()["code"] == "invalid_request"

@@ -15,19 +15,20 @@ from typing import Annotated, Any, Literal
 import anyio
 import torch
 from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from pydantic import BeforeValidator
 
 from captioner.model.captioner import Captioner
-from captioner.serve.errors import ApiError, add_error_handlers
+from captioner.serve.errors import ApiError, add_error_handlers, refusals, use_error_model
 from captioner.serve.limits import BodyLimitMiddleware
 from captioner.serve.modelinfo import model_summary
 from captioner.serve.responses import caption_response
 from captioner.serve.samples import available_samples, sample_png
 from captioner.serve.schemas import (
     CaptionResponse,
-    ErrorResponse,
     HealthResponse,
     ModelResponse,
     Sample,
@@ -51,9 +52,39 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500, 503, 504)
+#: The refusals of POST /v1/caption, with the codes each status carries (see uploads.py).
+CAPTION_ERRORS = refusals(
+    {
+        400: "`no_denoiser` (`denoise` on a server without a denoiser), "
+        "`bad_request` (a malformed multipart body)",
+        413: "`too_large` (a file above the upload limit, or a body above the request limit), "
+        "`too_many_images`",
+        415: "`unsupported_image` (not an image, or a format the server does not decode)",
+        422: "`no_image`, `empty_image`, `corrupt_image`, `image_too_large` (too many pixels), "
+        "`invalid_request` (an option out of range or of the wrong type: `detail` names it)",
+        500: "`model_error` (the model failed on this request's batch)",
+        503: "`busy` (the queue is full: retry after `Retry-After` seconds), `stopped`",
+        504: "`timeout` (the model did not answer in time)",
+    }
+)
+CAPTION_ERRORS[503]["headers"] = {
+    "Retry-After": {"description": "seconds to wait (with `busy`)", "schema": {"type": "integer"}}
 }
+SAMPLE_ERRORS = refusals(
+    {404: "`not_found` (no such sample)", 422: "`invalid_request` (e.g. an unknown `size`)"}
+)
+
+
+def form_bool(value: object) -> object:
+    """A boolean form field is ``true`` or ``false`` (any case), as the schema says: not 0 or on."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value.lower() == "true"
+
+
+FormBool = Annotated[bool, BeforeValidator(form_bool)]
 
 
 @dataclass(frozen=True)
@@ -122,29 +153,52 @@ def create_app(
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     add_error_handlers(app)
+    default_openapi = app.openapi
+    app.openapi = lambda: use_error_model(default_openapi())  # type: ignore[method-assign]
+    # What the schema says of the uploads and options is what the code below enforces.
+    upload_schema = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": settings.max_images,
+        "items": {"type": "string", "format": "binary", "maxLength": settings.max_upload_bytes},
+    }
+    if denoiser is None:
+        denoise_field = Form(
+            description="denoise each image first: this server has no denoiser (`no_denoiser`)",
+            json_schema_extra={"enum": [False]},
+        )
+    else:
+        denoise_field = Form(description="denoise each image first")
+    sample_ids = list(available_samples())
 
     @app.post(
         "/v1/caption",
         response_model=CaptionResponse,
-        responses=ERRORS,
+        responses=CAPTION_ERRORS,
         summary="Caption one or several uploaded images",
     )
     async def caption(
         image: Annotated[
-            list[UploadFile] | None,
-            File(description="one or more image files (repeat the field for several)"),
-        ] = None,
+            list[UploadFile],
+            File(
+                description="image files, repeat the field for several (JPEG, PNG, GIF, BMP, "
+                "TIFF, WebP, ...: the content decides, not the name or the part's type)",
+                json_schema_extra=upload_schema,
+            ),
+        ],
         beam_size: Annotated[int, Form(ge=1, le=settings.max_beam)] = 3,
         max_length: Annotated[int, Form(ge=1, le=settings.max_length)] = 30,
-        attention: Annotated[bool, Form(description="include per-token attention grids")] = True,
-        denoise: Annotated[bool, Form(description="denoise each image first")] = False,
+        attention: Annotated[
+            FormBool, Form(description="include per-token attention grids")
+        ] = True,
+        denoise: Annotated[FormBool, denoise_field] = False,
     ) -> CaptionResponse:
         t0 = time.perf_counter()
         if denoise and denoiser is None:
             raise ApiError(
                 400, "no_denoiser", "this server has no denoiser (start it with --denoise CKPT)"
             )
-        uploads = await read_uploads(image or [], settings.max_upload_bytes, settings.max_images)
+        uploads = await read_uploads(image, settings.max_upload_bytes, settings.max_images)
         pictures = [
             await anyio.to_thread.run_sync(
                 lambda u=upload: decode_upload(
@@ -197,10 +251,13 @@ def create_app(
     @app.get(
         "/v1/samples/{sample_id}",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorResponse}},
+        responses={200: {"content": {"image/png": {}}}, **SAMPLE_ERRORS},
         summary="One sample picture (PNG)",
     )
-    async def sample(sample_id: str, size: Literal["full", "thumb"] = "full") -> Response:
+    async def sample(
+        sample_id: Annotated[str, PathParam(json_schema_extra={"enum": sample_ids})],
+        size: Literal["full", "thumb"] = "full",
+    ) -> Response:
         if sample_id not in available_samples():
             raise ApiError(404, "not_found", f"no sample {sample_id[:40]!r}")
         data = await anyio.to_thread.run_sync(sample_png, sample_id, size == "thumb")

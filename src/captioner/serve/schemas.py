@@ -58,8 +58,10 @@ class CaptionResponse(BaseModel):
 class ErrorResponse(BaseModel):
     """Any refused request: ``detail`` says what was wrong, ``code`` is stable for clients."""
 
-    detail: str
-    code: str
+    detail: str = Field(description="what was wrong, for people (the wording may change)")
+    code: str = Field(
+        description="why, for programs: stable (`no_image`, `busy`, ...; each status lists its own)"
+    )
 
 
 class HealthResponse(BaseModel):

@@ -1,0 +1,128 @@
+"""The HTTP API against its own OpenAPI schema: Schemathesis, all checks, every operation.
+
+The schema is read from the app (``/openapi.json``) and every operation in it is fuzzed in
+process (ASGI), so endpoints added to ``serve`` later are covered with no change here. Each
+check must pass: no server error, only documented statuses, content types and headers, bodies
+matching their schema (errors included), schema-valid requests accepted and invalid ones
+refused. The app is built twice, with and without a denoiser (their schemas differ).
+
+Uploads (``format: binary``) are drawn as real small pictures: the schema cannot say "a file
+Pillow decodes", and a schema-valid request must be answered 200. Broken files are the
+business of test_serve_api.py and test_reliability_inputs.py.
+
+``make test`` runs a fixed, derandomized set of cases (the same every run, no example
+database). ``CAPTIONER_SCHEMA_EXAMPLES=N`` draws N random cases per operation instead; with
+``-s`` the test prints how many cases each operation got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("fastapi")
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import strategies as st  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+from schemathesis.specs.openapi.formats import unregister_string_format  # noqa: E402
+from serve_support import build_tiny_captioner, png_bytes  # noqa: E402
+
+from captioner.model.captioner import Captioner  # noqa: E402
+from captioner.serve import create_app  # noqa: E402
+
+LONG_EXAMPLES = int(os.environ.get("CAPTIONER_SCHEMA_EXAMPLES", "0"))
+EXAMPLES = LONG_EXAMPLES or 20  # per operation and app, besides Schemathesis's coverage cases
+CASES: Counter[str] = Counter()
+
+#: Pictures as an upload part: formats the server decodes, small sizes (the model sees 224 px).
+PICTURES = st.builds(
+    png_bytes,
+    size=st.tuples(st.integers(2, 80), st.integers(2, 80)),
+    seed=st.integers(0, 2**16),
+    fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"]),
+)
+
+# schemathesis 4's from_fixture names its sub-tests by renaming `request.node._nodeid`, which
+# pytest 9.2 no longer has; an alias that ignores the renaming keeps it working.
+if not hasattr(pytest.Function, "_nodeid"):
+    pytest.Function._nodeid = property(  # type: ignore[attr-defined]
+        lambda self: self.nodeid, lambda self, value: None
+    )
+
+
+def median(image: Image.Image) -> Image.Image:
+    return image.filter(ImageFilter.MedianFilter(3))
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory: pytest.TempPathFactory) -> Captioner:
+    return build_tiny_captioner(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def pictures_as_uploads() -> Iterator[None]:
+    schemathesis.openapi.format("binary", PICTURES)
+    yield
+    unregister_string_format("binary")
+
+
+@pytest.fixture(scope="module", params=["no-denoiser", "denoiser"])
+def api_schema(
+    request: pytest.FixtureRequest, captioner: Captioner, pictures_as_uploads: None
+) -> Iterator[schemathesis.BaseSchema]:
+    app = create_app(captioner, median if request.param == "denoiser" else None)
+    config = schemathesis.Config.from_dict(
+        {
+            "generation": {
+                "max-examples": EXAMPLES,
+                "deterministic": not LONG_EXAMPLES,
+                "database": "none",
+            },
+            "checks": {
+                "enabled": True,
+                # Invalid data must be refused; 413 (too many images, too large) refuses it too.
+                "negative_data_rejection": {
+                    "expected-statuses": ["400", "404", "405", "413", "415", "422"]
+                },
+            },
+        }
+    )
+    yield schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    print(f"\n{request.param}: {sum(CASES.values())} cases, {dict(CASES)}")
+    CASES.clear()
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+def test_every_operation_keeps_to_the_schema(case: schemathesis.Case) -> None:
+    CASES[case.operation.label] += 1
+    case.call_and_validate()
+
+
+def test_the_schema_states_the_limits_and_the_error_model(captioner: Captioner) -> None:
+    """What the fuzzer relies on, spelled out: required upload, its bounds, the error body."""
+    plain = create_app(captioner, max_images=3, max_upload_bytes=5000).openapi()
+    with_denoiser = create_app(captioner, median).openapi()
+    assert "HTTPValidationError" not in json.dumps(plain)
+    for operations in plain["paths"].values():
+        for operation in operations.values():
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400:
+                    body = answer["content"]["application/json"]["schema"]
+                    assert body == {"$ref": "#/components/schemas/ErrorResponse"}, status
+    caption = plain["paths"]["/v1/caption"]["post"]
+    assert {"400", "413", "415", "422", "503"} <= set(caption["responses"])
+    form = plain["components"]["schemas"]["Body_caption_v1_caption_post"]
+    assert form["required"] == ["image"]
+    image = form["properties"]["image"]
+    assert (image["minItems"], image["maxItems"], image["items"]["maxLength"]) == (1, 3, 5000)
+    assert form["properties"]["denoise"]["enum"] == [False]
+    form = with_denoiser["components"]["schemas"]["Body_caption_v1_caption_post"]
+    assert "enum" not in form["properties"]["denoise"]
