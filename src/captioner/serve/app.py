@@ -160,7 +160,12 @@ def create_app(
         "type": "array",
         "minItems": 1,
         "maxItems": settings.max_images,
-        "items": {"type": "string", "format": "binary", "maxLength": settings.max_upload_bytes},
+        "items": {
+            "type": "string",
+            "format": "binary",
+            "minLength": 1,  # an empty file is `empty_image`
+            "maxLength": settings.max_upload_bytes,
+        },
     }
     if denoiser is None:
         denoise_field = Form(
