@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from captioner import __version__
 from captioner.denoise.commands import add_denoise_option, add_denoise_parser
+from captioner.doctype.commands import add_classify_parser
 from captioner.errors import CaptionerError
 
 
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
 
     add_denoise_parser(sub)
+    add_classify_parser(sub)
 
     p = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn)")
     p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")

@@ -361,3 +361,9 @@ def run_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from captioner.doctype.commands import run_classify
+
+    return run_classify(args)

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from captioner.errors import CheckpointError
@@ -125,3 +127,26 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def load_state(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights strictly, with a clear message on any mismatch."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit this model (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {list(tensor.shape)}, the model expects "
+                f"{list(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)

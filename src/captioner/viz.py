@@ -155,3 +155,28 @@ def _save(fig: Figure, out_path: Path, dpi: int = DPI) -> Path:
     fig.savefig(out_path, dpi=dpi, format="jpeg" if jpeg else "png")
     fig.clear()
     return out_path
+
+
+def plot_confusion(
+    confusion: np.ndarray | list[list[int]], classes: list[str], out_path: Path, title: str = ""
+) -> Path:
+    """A confusion matrix (rows: true class, columns: predicted), counts and row shares."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = 1.2 + 0.9 * len(classes)
+    fig = Figure(figsize=(side + 1.0, side), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour, fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out_path))

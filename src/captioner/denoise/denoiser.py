@@ -20,6 +20,7 @@ from captioner.errors import CheckpointError
 from captioner.fileio import (
     atomic_save_safetensors,
     atomic_write_json,
+    load_state,
     read_json_document,
     verify_sha256,
 )
@@ -138,8 +139,6 @@ def load_denoiser(
         net = DenoiserNet(DenoiserConfig.from_dict(config["model"]))
     except (TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: bad architecture sizes ({exc})") from None
-    from captioner.model.captioner import load_state
-
     load_state(net, weights)
     return Denoiser(net, sha, dict(config.get("training", {})), device, tile, overlap)
 

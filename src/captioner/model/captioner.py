@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from captioner.data.vocabulary import Vocabulary
 from captioner.decoding import Hypothesis, beam_search, greedy_decode, sample_decode
@@ -26,6 +24,7 @@ from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
 from captioner.fileio import (
     atomic_save_safetensors,
     atomic_write_json,
+    load_state,
     read_json_document,
     verify_sha256,
 )
@@ -343,29 +342,6 @@ def model_config_of(config: dict[str, Any], path: Path) -> ModelConfig:
             f"decoder expects {model_config.num_regions} of {model_config.feature_channels}"
         )
     return model_config
-
-
-def load_state(model: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights strictly, with a clear message on any mismatch."""
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit this model (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]})"
-        )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{path}: {key} has shape {list(tensor.shape)}, the model expects "
-                f"{list(expected[key].shape)}"
-            )
-    model.load_state_dict(state, strict=True)
 
 
 def describe_image_transform(transform: str | None) -> str:

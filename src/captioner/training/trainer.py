@@ -31,12 +31,11 @@ from captioner import runlog
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
 from captioner.features.cache import FeatureCache
-from captioner.fileio import atomic_write_json
+from captioner.fileio import atomic_write_json, load_state
 from captioner.model.captioner import (
     Captioner,
     DecodeSettings,
     check_backbone_matches,
-    load_state,
 )
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell

@@ -1,0 +1,40 @@
+"""Settings of ``captioner classify train`` (no torch import: the CLI reads the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from captioner.data.labelled import DEFAULT_GROUP_PATTERN
+
+#: Settings a resumed run may change (where things are, how they are shown, the budget).
+MAY_CHANGE = {"out", "device", "workers", "progress", "epochs", "patience", "extract_batch_size"}
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Every setting of ``captioner classify train``, with its default."""
+
+    data: list[str] = field(default_factory=list)  # ROOT, LABEL=DIR, file.csv, file.jsonl
+    out: str = "runs/doctype"
+    backbone: str = "mobilenet_v2"
+    weights: str = "DEFAULT"
+    split_by: str = "group"
+    val_fraction: float = 0.25
+    group_pattern: str = DEFAULT_GROUP_PATTERN
+    max_per_group: int | None = 300
+    views: int = 3  # scan-augmented views of each training image, besides the clean one
+    epochs: int = 40
+    patience: int = 8
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.5
+    label_smoothing: float = 0.1
+    photo_class: str = "Photo"
+    photo_threshold: float = 0.5
+    noise_sigma: float = 25.0  # the noisy validation view
+    seed: int = 0
+    extract_batch_size: int = 32
+    workers: int = 2
+    device: str = "cpu"
+    progress: bool = True

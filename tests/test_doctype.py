@@ -1,0 +1,302 @@
+"""Model 1, the document-type classifier: training, calibration, apply, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from doctype_tiny import photo, text_page, write_kinds
+from safetensors.torch import load_file
+
+from captioner.cli import main
+from captioner.doctype.apply import sort_file
+from captioner.doctype.classifier import DocTypeClassifier
+from captioner.doctype.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+)
+from captioner.errors import CheckpointError
+from captioner.vision.backbones import offline_mobilenet_weights
+
+pytestmark = pytest.mark.skipif(
+    offline_mobilenet_weights() is None, reason="offline MobileNetV2 weights not installed"
+)
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "classify",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--views",
+            "1",
+            "--epochs",
+            "12",
+            "--patience",
+            "12",
+            "--val-fraction",
+            "0.34",
+            "--workers",
+            "0",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("doctype")
+    write_kinds(root / "kinds", per_source=6, sources=3)
+    assert _train(root / "kinds", root / "run") == 0
+    return root / "run"
+
+
+def test_training_learns_text_from_photos_on_unseen_sources(trained: Path) -> None:
+    report = json.loads((trained / "val_report.json").read_text())
+    data = json.loads((trained / "data.json").read_text())
+    val_groups = {(i["label"], i["group"]) for i in data["images"] if i["split"] == "val"}
+    train_groups = {(i["label"], i["group"]) for i in data["images"] if i["split"] == "train"}
+    assert val_groups and not val_groups & train_groups  # validation sources are unseen
+    assert report["clean"]["accuracy"] >= 0.9
+    assert report["noise_25"]["accuracy"] >= 0.8
+    for name in ("model.safetensors", "config.json"):
+        assert (trained / "model" / name).is_file()
+    config = json.loads((trained / "model" / "config.json").read_text())
+    assert config["format"] == "captioner-doctype"
+    assert config["model"]["classes"] == ["Photo", "Text"]
+    assert config["model"]["temperature"] > 0
+    assert (trained / "history.json").is_file() and (trained / "train_config.json").is_file()
+    assert any((trained / "tensorboard").iterdir())
+
+
+def test_python_api_classifies_new_images(trained: Path) -> None:
+    classifier = DocTypeClassifier.from_pretrained(trained)
+    predictions = classifier([text_page(4242), photo(4243), text_page(4244)])
+    assert [p.kind for p in predictions] == ["Text", "Photo", "Text"]
+    for p in predictions:
+        assert abs(sum(p.probabilities.values()) - 1.0) < 1e-5
+        assert p.is_photo == (p.kind == "Photo")
+    assert "not a photo" in predictions[0].describe()
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    write_kinds(tmp_path / "kinds", per_source=4, sources=3)
+    common = ["--epochs", "6", "--patience", "6"]
+    assert _train(tmp_path / "kinds", tmp_path / "whole", *common) == 0
+    assert _train(tmp_path / "kinds", tmp_path / "parts", "--epochs", "3", "--patience", "6") == 0
+    assert (
+        main(
+            [
+                "classify",
+                "train",
+                "--out",
+                str(tmp_path / "parts"),
+                "--resume",
+                "--epochs",
+                "6",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    state = [
+        load_file(str(tmp_path / r / "checkpoint" / "state.safetensors"))
+        for r in ("whole", "parts")
+    ]
+    assert state[0].keys() == state[1].keys()
+    for key in state[0]:
+        assert np.array_equal(state[0][key].numpy(), state[1][key].numpy()), key
+    histories = [
+        json.loads((tmp_path / r / "history.json").read_text()) for r in ("whole", "parts")
+    ]
+    assert [h["val_loss"] for h in histories[0]] == [h["val_loss"] for h in histories[1]]
+    # other settings than the run started with are refused
+    code = main(
+        [
+            "classify",
+            "train",
+            "--out",
+            str(tmp_path / "parts"),
+            "--resume",
+            "--lr",
+            "0.5",
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 5))
+    true_t = 2.5
+    p = np.exp(logits / true_t)
+    p /= p.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in p])
+    t = fit_temperature(logits, labels)
+    assert abs(t - true_t) < 0.25
+    raw = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert expected_calibration_error(labels, p) < expected_calibration_error(labels, raw) / 2
+
+
+def test_metrics_photo_vs_rest_and_f1() -> None:
+    classes = ["Painting", "Photo", "Text"]
+    labels = np.array([1, 1, 1, 1, 0, 2, 2, 0])
+    probs = np.eye(3)[[1, 1, 1, 0, 0, 2, 1, 0]] * 0.9 + 0.1 / 3
+    report = classification_metrics(labels, probs, classes)
+    assert report["accuracy"] == pytest.approx(6 / 8)
+    pvr = report["photo_vs_rest"]
+    assert pvr["photos_kept"] == pytest.approx(3 / 4)
+    assert pvr["non_photos_let_through"] == pytest.approx(1 / 4)
+    assert report["per_class"]["Text"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    )
+    assert report["confusion"][1] == [1, 3, 0]
+
+
+def test_apply_copies_and_moves_into_kind_folders_without_overwriting(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    text_page(7001).save(inbox / "a.jpg")
+    photo(7002).save(inbox / "b.jpg")
+    sorted_dir = tmp_path / "sorted"
+    (sorted_dir / "Text").mkdir(parents=True)
+    (sorted_dir / "Text" / "a.jpg").write_bytes(b"someone else's file")
+    args = ["classify", "apply", str(inbox), "--model", str(trained), "--json", "--no-progress"]
+    assert main([*args, "--copy-to", str(sorted_dir), "--workers", "0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(Path(r["path"]).name, r["kind"]) for r in rows] == [
+        ("a.jpg", "Text"),
+        ("b.jpg", "Photo"),
+    ]
+    assert (sorted_dir / "Text" / "a.jpg").read_bytes() == b"someone else's file"
+    assert (sorted_dir / "Text" / "a-1.jpg").read_bytes() == (inbox / "a.jpg").read_bytes()
+    assert (sorted_dir / "Photo" / "b.jpg").is_file()
+    # a re-run (e.g. after a kill) copies nothing twice
+    assert main([*args, "--copy-to", str(sorted_dir), "--workers", "0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(r["already_sorted"] for r in rows)
+    assert sorted(p.name for p in (sorted_dir / "Text").iterdir()) == ["a-1.jpg", "a.jpg"]
+    # move: the inbox empties, the sorted copies are the same bytes
+    moved = tmp_path / "moved"
+    assert main([*args, "--move-to", str(moved), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert not list(inbox.iterdir())
+    assert (moved / "Text" / "a.jpg").read_bytes() == (sorted_dir / "Text" / "a-1.jpg").read_bytes()
+
+
+def test_sort_file_never_overwrites(tmp_path: Path) -> None:
+    source = tmp_path / "x.jpg"
+    source.write_bytes(b"new")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.jpg").write_bytes(b"old")
+    (tmp_path / "out" / "x-1.jpg").write_bytes(b"older")
+    placed, done = sort_file(source, tmp_path / "out", move=False)
+    assert placed.name == "x-2.jpg" and done and placed.read_bytes() == b"new"
+    assert (tmp_path / "out" / "x.jpg").read_bytes() == b"old"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_apply_csv_threshold_and_bad_images(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fault_corpus import BAD_IMAGES, GOOD_IMAGES, write_image_corpus
+
+    names = [n for n in BAD_IMAGES if n != "bomb.png"] + GOOD_IMAGES
+    write_image_corpus(tmp_path / "mixed", names)
+    out = tmp_path / "kinds.csv"
+    code = main(
+        [
+            "classify",
+            "apply",
+            str(tmp_path / "mixed"),
+            "--model",
+            str(trained),
+            "--csv",
+            "--output",
+            str(out),
+            "--photo-threshold",
+            "0.99",
+            "--no-progress",
+            "--workers",
+            "0",
+        ]
+    )
+    assert code == 1  # some files failed
+    err = capsys.readouterr().err
+    for name in names:
+        if name in BAD_IMAGES:
+            assert name in err
+    rows = list(__import__("csv").DictReader(out.open()))
+    assert {Path(r["path"]).name for r in rows} == set(names)
+    good = [r for r in rows if not r["error"]]
+    assert {Path(r["path"]).name for r in good} == set(GOOD_IMAGES)
+    for r in good:  # the kind follows the photo decision at the given threshold
+        said_photo = float(r["photo_probability"]) >= 0.99
+        assert r["is_photo"] == str(said_photo) and (r["kind"] == "Photo") == said_photo
+
+
+def test_other_model_folders_are_refused_with_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "cap"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"format": "captioner-model", "version": 1}))
+    with pytest.raises(CheckpointError, match="this is a captioner model, not a document-type"):
+        DocTypeClassifier.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"format": "captioner-denoiser"}))
+    with pytest.raises(CheckpointError, match="denoiser"):
+        DocTypeClassifier.from_pretrained(folder)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captioner.cli",
+            "classify",
+            "apply",
+            str(tmp_path),
+            "--model",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "denoiser" in result.stderr
+
+
+def test_evaluate_writes_report_confusion_and_mistakes(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "classify",
+            "evaluate",
+            "--model",
+            str(trained),
+            "--split-file",
+            str(trained / "data.json"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["reports"]) == {"clean", "noise_25"}
+    assert report["reports"]["clean"]["images"] > 0
+    assert (out / "confusion_clean.png").stat().st_size > 1000
+    assert (out / "mistakes.html").read_text().startswith("<!doctype html>")
