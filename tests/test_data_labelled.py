@@ -85,29 +85,33 @@ def test_bad_sources_are_named(tmp_path: Path) -> None:
 
 def test_group_split_holds_out_whole_sources_and_never_an_image_twice(tmp_path: Path) -> None:
     data = read_sources([str(_folders(tmp_path / "kinds"))])
-    assign_splits(data, by="group", val_fraction=0.3, seed=1)
+    assign_splits(data, by="group", val_fraction=0.2, test_fraction=0.3, seed=1)
     by_unit: dict[tuple[str, str], set[str]] = {}
     for item in data.images:
         by_unit.setdefault((item.label, item.group), set()).add(item.split)
-    # a (class, source) unit is wholly train or wholly val, except the single-source class
+    # a (class, source) unit is wholly test or wholly out of test, except the one-source class
     for (label, _), splits in by_unit.items():
         if label != "Sketch":
-            assert len(splits) == 1
+            assert splits == {"test"} or "test" not in splits
     assert data.split_info["random_within_group"] == ["Sketch"]
     for label in ("Photo", "Text"):
-        assert data.split_info["held_out_groups"]["val"][label]  # something held out
+        assert data.split_info["held_out_groups"]["test"][label]  # something held out
         assert any(i.split == "train" for i in data.images if i.label == label)
+    assert {i.split for i in data.images} == {"train", "val", "test"}
     assert len({i.path for i in data.images}) == len(data.images)
     # seeded: the same split again
-    again = assign_splits(read_sources([str(tmp_path / "kinds")]), val_fraction=0.3, seed=1)
+    again = assign_splits(
+        read_sources([str(tmp_path / "kinds")]), val_fraction=0.2, test_fraction=0.3, seed=1
+    )
     assert [i.split for i in again.images] == [i.split for i in data.images]
 
 
 def test_random_split_is_stratified_and_saved(tmp_path: Path) -> None:
     data = read_sources([str(_folders(tmp_path / "kinds"))])
-    assign_splits(data, by="random", val_fraction=0.25, seed=0)
+    assign_splits(data, by="random", val_fraction=0.25, test_fraction=0.25, seed=0)
     counts = data.counts()
     assert counts["val"] == {"Photo": 2, "Sketch": 1, "Text": 2}
+    assert counts["test"] == {"Photo": 2, "Sketch": 1, "Text": 2}
     data.save(tmp_path / "data.json")
     loaded = LabelledSet.load(tmp_path / "data.json")
     assert [(i.path, i.split) for i in loaded.images] == [(i.path, i.split) for i in data.images]

@@ -12,7 +12,7 @@ Sources a user already has:
 Each image has a *group*, its source: the CSV/JSONL ``group`` when given, else the file-name
 prefix before the first ``-`` or ``_`` followed by a digit (``pacs-0001.jpg`` -> ``pacs``),
 else the folder it was read from. A group split holds out whole (class, group) units, so that
-validation measures sources the model has not seen. Missing files, unreadable images (checked
+the test split measures sources the model has not seen. Missing files, unreadable images (checked
 later, at feature extraction) and duplicates (same content under two names) are reported and
 skipped, never fatal.
 """
@@ -282,18 +282,20 @@ def assign_splits(
     data: LabelledSet,
     *,
     by: str = "group",
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.25,
     seed: int = 0,
 ) -> LabelledSet:
     """Give every image a split (in place; returns ``data``); no image is in two splits.
 
-    ``by="group"``: per class, whole (class, group) units are held out, drawn in a seeded
-    order, until the class's held-out share reaches the fraction; a unit larger than twice the
-    target is passed over (holding out 94 % of a class teaches nothing), and a class with a
-    single group (or whose groups are all too large) is split at random inside its groups; that
-    fallback is recorded in ``split_info["random_within_group"]``. ``by="random"``: a seeded
-    random split per class.
+    ``by="group"``: the test split is made of unseen sources: per class, whole (class, group)
+    units are held out, drawn in a seeded order, until the class's held-out share reaches
+    ``test_fraction``; a unit larger than twice the target is passed over (holding out 94 % of
+    a class teaches nothing), and a class with a single group (or whose groups are all too
+    large) is split at random inside its groups, recorded in
+    ``split_info["random_within_group"]``. Validation (early stopping, calibration) is then a
+    seeded random ``val_fraction`` of the rest, per class. ``by="random"``: seeded random
+    validation and test splits per class.
     """
     if by not in ("group", "random"):
         raise DatasetError("--split-by", f"must be 'group' or 'random', not {by!r}")
@@ -305,30 +307,38 @@ def assign_splits(
     for item in data.images:
         item.split = "train"
         by_class[item.label].append(item)
-    wanted = [("val", val_fraction), ("test", test_fraction)]
     for label in data.classes:
         items = by_class[label]
-        if by == "group" and _split_by_group(items, wanted, rng):
-            continue
-        if by == "group":
-            fallback.append(label)
-        order = items[:]
-        rng.shuffle(order)
-        start = 0
-        for split, fraction in wanted:
-            count = round(fraction * len(order))
-            for item in order[start : start + count]:
-                item.split = split
-            start += count
+        if by == "group" and test_fraction > 0:
+            if not _split_by_group(items, [("test", test_fraction)], rng):
+                fallback.append(label)
+                _random_split(items, [("test", test_fraction)], rng)
+            rest = [item for item in items if item.split == "train"]
+            _random_split(rest, [("val", val_fraction / (1 - test_fraction))], rng)
+        else:
+            _random_split(items, [("val", val_fraction), ("test", test_fraction)], rng)
     data.split_info = {
         "by": by,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "seed": seed,
         "random_within_group": fallback,
-        "held_out_groups": {s: data.groups_of(s) for s in ("val", "test") if data.split(s)},
+        "held_out_groups": {"test": data.groups_of("test")} if by == "group" else {},
     }
     return data
+
+
+def _random_split(
+    items: list[LabelledImage], wanted: list[tuple[str, float]], rng: random.Random
+) -> None:
+    order = items[:]
+    rng.shuffle(order)
+    start = 0
+    for split, fraction in wanted:
+        count = round(fraction * len(order))
+        for item in order[start : start + count]:
+            item.split = split
+        start += count
 
 
 def _split_by_group(
@@ -360,6 +370,11 @@ def _split_by_group(
     return True
 
 
+def _short(group: str) -> str:
+    """A folder group shown by its last two path parts."""
+    return "/".join(group.split("/")[-2:])
+
+
 def describe(data: LabelledSet) -> str:
     """A short table: images per split and class, held-out groups, skipped counts."""
     lines = []
@@ -370,8 +385,8 @@ def describe(data: LabelledSet) -> str:
         cells = "".join(f"{counts[s][label]:>8}" for s in SPLITS if s in counts)
         lines.append(f"  {label:<{width}}{cells}")
     for split, groups in data.split_info.get("held_out_groups", {}).items():
-        shown = "; ".join(f"{label}: {', '.join(g)}" for label, g in groups.items())
-        lines.append(f"  {split} sources: {shown}")
+        shown = "; ".join(f"{label}: {', '.join(map(_short, g))}" for label, g in groups.items())
+        lines.append(f"  {split} sources (unseen in training): {shown}")
     fallback = data.split_info.get("random_within_group")
     if fallback:
         lines.append(f"  split at random (one source only): {', '.join(fallback)}")

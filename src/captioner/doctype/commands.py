@@ -39,7 +39,16 @@ def add_classify_parser(sub: Any) -> None:
     p.add_argument("--backbone", help=f"backbone from vision/ {d('backbone')}")
     p.add_argument("--weights", help=f"backbone weights: DEFAULT, none or a file {d('weights')}")
     p.add_argument("--split-by", choices=["group", "random"], help=f"{d('split_by')}")
-    p.add_argument("--val-fraction", type=float, help=f"{d('val_fraction')}")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share for early stopping and calibration {d('val_fraction')}",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help=f"held-out share (unseen sources with --split-by group) {d('test_fraction')}",
+    )
     p.add_argument(
         "--group-pattern",
         help="regex whose first group is an image's source, read from its file name "
@@ -49,6 +58,12 @@ def add_classify_parser(sub: Any) -> None:
         "--max-per-group", type=int, help=f"images kept per class and source {d('max_per_group')}"
     )
     p.add_argument("--views", type=int, help=f"scan-augmented views per image {d('views')}")
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        help="drawn charts, diagrams and printed pages added to Schematics and Text, per "
+        f"generator, in training only (0: none) {d('synthetic')}",
+    )
     p.add_argument("--epochs", type=int, help=f"{d('epochs')}")
     p.add_argument("--patience", type=int, help=f"{d('patience')}")
     p.add_argument("--batch-size", type=int, help=f"{d('batch_size')}")
@@ -71,7 +86,7 @@ def add_classify_parser(sub: Any) -> None:
     p.add_argument(
         "--split-file", type=Path, help="a run's data.json (its split is used with --split)"
     )
-    p.add_argument("--split", default="val", help="split of --split-file (default: val)")
+    p.add_argument("--split", default="test", help="split of --split-file (default: test)")
     p.add_argument("--noise", type=float, nargs="*", default=[25.0], help="Gaussian sigmas")
     p.add_argument("--out", type=Path, help="report folder (report.json, PNGs, mistakes.html)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -125,8 +140,9 @@ def _train(args: argparse.Namespace) -> int:
         f"best epoch {result.best_epoch} of {result.epochs_run} ({result.stopped}), "
         f"temperature {result.temperature:.3f}, {result.seconds:.0f} s"
     )
-    print(format_report(result.val_clean, "validation, clean"))
-    print(format_report(result.val_noisy, f"validation, noise sigma {config.noise_sigma:g}"))
+    for split, conditions in result.reports.items():
+        for condition, report in conditions.items():
+            print(format_report(report, f"{split}, {condition.replace('_', ' sigma ')}"))
     print(f"model written to {result.model_dir}")
     return 0
 

@@ -1,10 +1,12 @@
 """Train model 1: the head on cached pooled features of clean and scan-augmented views.
 
-Steps: read the labelled sources and split them (by source group by default), cache the
+Steps: read the labelled sources and split them (test: sources held out by group; validation:
+a random share of the rest), add drawn charts, diagrams and pages to training, cache the
 backbone's pooled features of each training image under ``views`` scan-like augmentations plus
-the clean image, and of each validation image clean and with Gaussian noise; train the head
-with class-balanced cross-entropy on the shared epoch loop (early stopping on the validation
-loss, resume, TensorBoard); fit a temperature on validation; save the model folder.
+the clean image, and of each validation and test image clean and with Gaussian noise; train
+the head with class-balanced cross-entropy on the shared epoch loop (early stopping on the
+validation loss, resume, TensorBoard); fit a temperature on validation; report validation and
+test figures (``report.json``); save the model folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from captioner.data.drawn_kinds import write_supplements
 from captioner.data.labelled import (
     LabelledImage,
     LabelledSet,
@@ -45,8 +48,7 @@ class ClassifierTrainResult:
     epochs_run: int
     stopped: str
     temperature: float
-    val_clean: dict[str, Any]
-    val_noisy: dict[str, Any]
+    reports: dict[str, dict[str, dict[str, Any]]]  # split -> condition -> figures
     seconds: float
     data: LabelledSet
 
@@ -65,51 +67,56 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     data = _labelled_data(config, out, resume)
     backbone = load_backbone(config.backbone, config.weights)
     pooled = pooled_backbone(backbone)
-    train_items, val_items = data.split("train"), data.split("val")
-    if not train_items or not val_items:
+    classes = data.classes
+    if not data.split("train") or not data.split("val"):
         raise CaptionerError(
             f"{', '.join(config.data)}: the split left no training or no validation images"
         )
-    classes = data.classes
     feats = out / "features"
-    train_views: list[tuple[str, Any]] = [("train-clean", None)]
-    train_views += [
-        (f"train-aug{v}", ScanAugment(view=v, seed=config.seed)) for v in range(config.views)
-    ]
-    train = _stack(
-        [_view(train_items, feats, pooled, name, t, classes, config) for name, t in train_views]
-    )
-    val_clean = _view(val_items, feats, pooled, "val-clean", None, classes, config)
-    val_noisy = _view(
-        val_items,
-        feats,
-        pooled,
-        f"val-noise{config.noise_sigma:g}",
-        NoiseView(config.noise_sigma, config.seed),
-        classes,
-        config,
-    )
-    if len(train.y) == 0 or len(val_clean.y) == 0:
+    noise = NoiseView(config.noise_sigma, config.seed)
+    noisy_name = f"noise_{config.noise_sigma:g}"
+
+    def views(split: str, transforms: list[tuple[str, Any]]) -> list[_Features]:
+        items = data.split(split)
+        return [
+            _view(items, feats, pooled, f"{split}-{n}", t, classes, config) for n, t in transforms
+        ]
+
+    augmented = [(f"aug{v}", ScanAugment(view=v, seed=config.seed)) for v in range(config.views)]
+    train = _stack(views("train", [("clean", None), *augmented]))
+    evaluated = {
+        split: dict(
+            zip(
+                ("clean", noisy_name),
+                views(split, [("clean", None), (noisy_name, noise)]),
+                strict=True,
+            )
+        )
+        for split in ("val", "test")
+        if data.split(split)
+    }
+    val = evaluated["val"]
+    if len(train.y) == 0 or len(val["clean"].y) == 0:
         raise CaptionerError("no readable training or validation image")
 
     head = DocTypeHead(backbone.channels, len(classes), config.dropout)
     head.set_standardisation(train.x)
+    photo_class = config.photo_class if config.photo_class in classes else None
+    if photo_class is None:
+        say(config.progress, f"note: no {config.photo_class!r} class; no photo decision")
     model_config = DocTypeConfig(
         classes=classes,
         backbone=backbone.name,
         backbone_weights_id=backbone.weights_id,
         channels=backbone.channels,
         dropout=config.dropout,
-        photo_class=config.photo_class,
+        photo_class=photo_class,
         photo_threshold=config.photo_threshold,
     )
-    if config.photo_class not in classes:
-        say(config.progress, f"note: no {config.photo_class!r} class; photo figures are left out")
-        model_config.photo_class = None
     task = _HeadTask(
         head,
         train,
-        _stack([val_clean, val_noisy]),
+        _stack(list(val.values())),
         config,
         DocTypeClassifier(head, model_config),
         out / "model",
@@ -124,20 +131,24 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     )
     load_state(head, out / "model" / "model.safetensors")
     head.eval()
+    calibration = _stack(list(val.values()))
     with torch.no_grad():
-        val_logits = head(torch.cat([val_clean.x, val_noisy.x])).numpy()
-    val_labels = torch.cat([val_clean.y, val_noisy.y]).numpy()
-    model_config.temperature = fit_temperature(val_logits, val_labels)
+        model_config.temperature = fit_temperature(
+            head(calibration.x).numpy(), calibration.y.numpy()
+        )
     classifier = DocTypeClassifier(head, model_config)
     reports = {
-        name: classification_metrics(
-            part.y.numpy(),
-            classifier.probabilities_of_pooled(part.x).numpy(),
-            classes,
-            config.photo_class,
-            model_config.photo_threshold,
-        )
-        for name, part in (("clean", val_clean), (f"noise_{config.noise_sigma:g}", val_noisy))
+        split: {
+            condition: classification_metrics(
+                part.y.numpy(),
+                classifier.probabilities_of_pooled(part.x).numpy(),
+                classes,
+                config.photo_class,
+                config.photo_threshold,
+            )
+            for condition, part in parts.items()
+        }
+        for split, parts in evaluated.items()
     }
     info = {
         "data": list(config.data),
@@ -148,20 +159,18 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         "epochs_run": result.epochs_run,
         "stopped": result.stopped,
         "temperature": model_config.temperature,
-        "val": reports,
+        "reports": reports,
         "seconds": round(time.perf_counter() - started, 1),
     }
     classifier.save_pretrained(out / "model", info)
-    atomic_write_json(out / "val_report.json", reports)
-    noisy_key = f"noise_{config.noise_sigma:g}"
+    atomic_write_json(out / "report.json", reports)
     return ClassifierTrainResult(
         model_dir=out / "model",
         best_epoch=result.best_epoch,
         epochs_run=result.epochs_run,
         stopped=result.stopped,
         temperature=model_config.temperature,
-        val_clean=reports["clean"],
-        val_noisy=reports[noisy_key],
+        reports=reports,
         seconds=time.perf_counter() - started,
         data=data,
     )
@@ -180,7 +189,17 @@ def _labelled_data(config: ClassifierTrainConfig, out: Path, resume: bool) -> La
         max_per_group=config.max_per_group,
         seed=config.seed,
     )
-    assign_splits(data, by=config.split_by, val_fraction=config.val_fraction, seed=config.seed)
+    assign_splits(
+        data,
+        by=config.split_by,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+    if config.synthetic > 0:
+        drawn = write_supplements(out / "synthetic", config.synthetic, data.classes, config.seed)
+        data.images += [LabelledImage(p.resolve().as_posix(), c, "synth") for p, c in drawn]
+        data.split_info["synthetic_training_images"] = len(drawn)
     out.mkdir(parents=True, exist_ok=True)
     data.save(path)
     return data
