@@ -16,7 +16,7 @@ from captioner.errors import CaptionerError
 
 def add_classify_parser(sub: Any) -> None:
     """Add ``classify train``, ``classify evaluate`` and ``classify apply``."""
-    from captioner.doctype.config import ClassifierTrainConfig as C
+    from captioner.training.classifier_config import ClassifierTrainConfig as C
 
     def d(name: str) -> str:
         return f"(default: {default_of(C, name)})"
@@ -124,9 +124,9 @@ def run_classify(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from captioner.cliargs import settings_from_args
     from captioner.data.labelled import describe
-    from captioner.doctype.config import ClassifierTrainConfig
     from captioner.doctype.metrics import format_report
-    from captioner.doctype.train import train_classifier
+    from captioner.training.classifier import train_classifier
+    from captioner.training.classifier_config import ClassifierTrainConfig
 
     config = settings_from_args(
         ClassifierTrainConfig, args, out=str(args.out), progress=not args.no_progress
@@ -150,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import fields
 
-    from captioner.doctype.config import ClassifierTrainConfig
+    from captioner.training.classifier_config import ClassifierTrainConfig
 
     names = {f.name for f in fields(ClassifierTrainConfig)} - {"out"}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}

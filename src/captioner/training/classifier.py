@@ -29,7 +29,6 @@ from captioner.data.labelled import (
 )
 from captioner.doctype.augment import NoiseView, ScanAugment
 from captioner.doctype.classifier import DocTypeClassifier
-from captioner.doctype.config import MAY_CHANGE, ClassifierTrainConfig
 from captioner.doctype.features import extract_view, pooled_backbone
 from captioner.doctype.metrics import classification_metrics, fit_temperature
 from captioner.doctype.model import DocTypeConfig, DocTypeHead
@@ -37,6 +36,7 @@ from captioner.errors import CaptionerError
 from captioner.fileio import atomic_write_json, load_state
 from captioner.runlog import say
 from captioner.training.checkpoint import check_resume
+from captioner.training.classifier_config import MAY_CHANGE, ClassifierTrainConfig
 from captioner.training.loop import LoopSettings, fit
 from captioner.vision.backbones import Backbone, load_backbone
 
