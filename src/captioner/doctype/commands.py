@@ -36,6 +36,11 @@ def add_classify_parser(sub: Any) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="run folder (model/, checkpoint/ ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--features",
+        help="folder of the pooled-feature caches (default: OUT/features); runs over the same "
+        "images (other seeds, splits or head settings) can share it",
+    )
     p.add_argument("--backbone", help=f"backbone from vision/ {d('backbone')}")
     p.add_argument("--weights", help=f"backbone weights: DEFAULT, none or a file {d('weights')}")
     p.add_argument("--split-by", choices=["group", "random"], help=f"{d('split_by')}")

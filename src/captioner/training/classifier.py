@@ -29,7 +29,7 @@ from captioner.data.labelled import (
 )
 from captioner.doctype.augment import NoiseView, ScanAugment
 from captioner.doctype.classifier import DocTypeClassifier
-from captioner.doctype.features import extract_view, pooled_backbone
+from captioner.doctype.features import ViewFeatures, extract_view, pooled_backbone
 from captioner.doctype.metrics import classification_metrics, fit_temperature
 from captioner.doctype.model import DocTypeConfig, DocTypeHead
 from captioner.errors import CaptionerError
@@ -72,26 +72,27 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         raise CaptionerError(
             f"{', '.join(config.data)}: the split left no training or no validation images"
         )
-    feats = out / "features"
-    noise = NoiseView(config.noise_sigma, config.seed)
+    feats = Path(config.features) if config.features else out / "features"
     noisy_name = f"noise_{config.noise_sigma:g}"
+    # Views depend on the image only (never on the run's seed), so runs with other seeds or
+    # splits over the same images share one --features folder.
+    transforms: dict[str, Any] = {"clean": None, noisy_name: NoiseView(config.noise_sigma)}
+    transforms.update({f"aug{v}": ScanAugment(view=v) for v in range(config.views)})
+    split_of = np.asarray([item.split for item in data.images])
+    labels = np.asarray([classes.index(item.label) for item in data.images], dtype=np.int64)
+    cached = {
+        name: _view(data.images, feats, pooled, name, t, config) for name, t in transforms.items()
+    }
 
-    def views(split: str, transforms: list[tuple[str, Any]]) -> list[_Features]:
-        items = data.split(split)
-        return [
-            _view(items, feats, pooled, f"{split}-{n}", t, classes, config) for n, t in transforms
-        ]
-
-    augmented = [(f"aug{v}", ScanAugment(view=v, seed=config.seed)) for v in range(config.views)]
-    train = _stack(views("train", [("clean", None), *augmented]))
-    evaluated = {
-        split: dict(
-            zip(
-                ("clean", noisy_name),
-                views(split, [("clean", None), (noisy_name, noise)]),
-                strict=True,
-            )
+    def rows(split: str, view: str) -> _Features:
+        keep = (split_of == split) & cached[view].ok
+        return _Features(
+            torch.from_numpy(cached[view].features[keep]), torch.from_numpy(labels[keep])
         )
+
+    train = _stack([rows("train", v) for v in ["clean", *(f"aug{i}" for i in range(config.views))]])
+    evaluated = {
+        split: {"clean": rows(split, "clean"), noisy_name: rows(split, noisy_name)}
         for split in ("val", "test")
         if data.split(split)
     }
@@ -183,11 +184,8 @@ def _labelled_data(config: ClassifierTrainConfig, out: Path, resume: bool) -> La
         return LabelledSet.load(path)
     if not config.data:
         raise CaptionerError("no --data given (class folders, LABEL=DIR, or a CSV/JSONL file)")
-    data = read_sources(
-        config.data,
-        group_pattern=config.group_pattern,
-        max_per_group=config.max_per_group,
-        seed=config.seed,
+    data = read_sources(  # the sample per source is the same for every seed (shared features)
+        config.data, group_pattern=config.group_pattern, max_per_group=config.max_per_group
     )
     assign_splits(
         data,
@@ -197,7 +195,8 @@ def _labelled_data(config: ClassifierTrainConfig, out: Path, resume: bool) -> La
         seed=config.seed,
     )
     if config.synthetic > 0:
-        drawn = write_supplements(out / "synthetic", config.synthetic, data.classes, config.seed)
+        drawn_dir = (Path(config.features) if config.features else out / "features") / "drawn"
+        drawn = write_supplements(drawn_dir, config.synthetic, data.classes)
         data.images += [LabelledImage(p.resolve().as_posix(), c, "synth") for p, c in drawn]
         data.split_info["synthetic_training_images"] = len(drawn)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,9 +210,8 @@ def _view(
     pooled: Backbone,
     name: str,
     transform: Any,
-    classes: list[str],
     config: ClassifierTrainConfig,
-) -> _Features:
+) -> ViewFeatures:
     view = extract_view(
         [item.path for item in items],
         folder,
@@ -229,9 +227,7 @@ def _view(
         say(config.progress, f"skipped {key}: {problem}")
     if len(view.failed) > 5:
         say(config.progress, f"... and {len(view.failed) - 5} more unreadable images ({name})")
-    ok = view.ok
-    labels = np.asarray([classes.index(item.label) for item in items], dtype=np.int64)
-    return _Features(torch.from_numpy(view.features[ok]), torch.from_numpy(labels[ok]))
+    return view
 
 
 def _stack(parts: list[_Features]) -> _Features:

@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 from captioner.data.labelled import DEFAULT_GROUP_PATTERN
 
 #: Settings a resumed run may change (where things are, how they are shown, the budget).
-MAY_CHANGE = {"out", "device", "workers", "progress", "epochs", "patience", "extract_batch_size"}
+MAY_CHANGE = {
+    "out",
+    "features",
+    "device",
+    "workers",
+    "progress",
+    "epochs",
+    "patience",
+    "extract_batch_size",
+}
 
 
 @dataclass
@@ -16,6 +25,7 @@ class ClassifierTrainConfig:
 
     data: list[str] = field(default_factory=list)  # ROOT, LABEL=DIR, file.csv, file.jsonl
     out: str = "runs/doctype"
+    features: str | None = None  # pooled-feature caches (default OUT/features); shareable
     backbone: str = "mobilenet_v2"
     weights: str = "DEFAULT"
     split_by: str = "group"

@@ -1,0 +1,74 @@
+"""Document-type classification throughput, end to end (decode included), against the bound.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/classify_throughput.py --model runs/doctype-s0/model \\
+        --images ../shared/data/doctypes --count 600 --threads 2
+
+``DocTypeClassifier.classify_paths`` over ``--count`` files (decoding in ``--workers``
+processes, batches of 32), against the backbone's raw forward on random tensors of the same
+batch size (the bound: the head itself costs nothing). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.doctype.classifier import DocTypeClassifier
+from captioner.vision.images import IMAGE_SUFFIXES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="classifier folder")
+    parser.add_argument("--images", type=Path, required=True, help="folder (searched recursively)")
+    parser.add_argument("--count", type=int, default=600)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = files[: args.count]
+    classifier = DocTypeClassifier.from_pretrained(args.model)
+    backbone = classifier.backbone
+    assert backbone is not None
+    list(classifier.classify_paths(files[:64], args.batch_size, 0, progress=False))  # warm-up
+    started = time.perf_counter()
+    results = list(classifier.classify_paths(files, args.batch_size, args.workers, progress=False))
+    end_to_end = len(results) / (time.perf_counter() - started)
+    size = backbone.preprocessing.image_size
+    pixels = torch.randn(args.batch_size, 3, size, size).contiguous(
+        memory_format=torch.channels_last
+    )
+    model = backbone.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(pixels)
+        batches = max(1, len(files) // args.batch_size)
+        started = time.perf_counter()
+        for _ in range(batches):
+            model(pixels)
+        raw = batches * args.batch_size / (time.perf_counter() - started)
+    print(
+        json.dumps(
+            {
+                "images": len(results),
+                "failed": sum(1 for _, p, _ in results if p is None),
+                "threads": args.threads,
+                "workers": args.workers,
+                "end_to_end_images_per_s": round(end_to_end, 1),
+                "raw_forward_images_per_s": round(raw, 1),
+                "ratio": round(end_to_end / raw, 3),
+                "cpu": platform.processor() or platform.machine(),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
