@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "features": 3,
     "doctype": 4, "denoise": 4, "model": 4, "decoding": 4, "metrics": 4,
     "training": 5, "evaluation": 5, "report": 5,
-    "demo": 6, "serve": 6, "commands": 7, "cli": 7,
+    "demo": 6, "serve": 6, "pipeline": 6, "commands": 7, "cli": 7,
     "__init__": 8,  # the package's API re-exports every layer (its __version__ is free to all)
 }  # fmt: skip
 #: Modules named ``*.commands`` are the CLI handlers of their stage: the CLI layer.

@@ -13,6 +13,7 @@ from captioner import __version__
 from captioner.denoise.commands import add_denoise_option, add_denoise_parser
 from captioner.doctype.commands import add_classify_parser
 from captioner.errors import CaptionerError
+from captioner.pipeline.commands import add_pipeline_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_denoise_parser(sub)
     add_classify_parser(sub)
+    add_pipeline_parsers(sub)
 
     p = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn)")
     p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")

@@ -367,3 +367,21 @@ def run_classify(args: argparse.Namespace) -> int:
     from captioner.doctype.commands import run_classify
 
     return run_classify(args)
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from captioner.pipeline.commands import run_pipeline
+
+    return run_pipeline(args)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from captioner.pipeline.commands import run_search
+
+    return run_search(args)
+
+
+def run_catalogue(args: argparse.Namespace) -> int:
+    from captioner.pipeline.commands import run_catalogue
+
+    return run_catalogue(args)
