@@ -243,6 +243,7 @@ def test_invalid_options_are_422_with_the_field_named(client: httpx.Client) -> N
         {"beam_size": "many"},
         {"max_length": "1000"},
         {"attention": "1"},
+        {"beam_size": ""},
     )
     for options in invalid:
         response = post_images(client, ("a.png", png_bytes()), **options)

@@ -23,6 +23,8 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import strategies as st  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
+from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 from schemathesis.specs.openapi.formats import unregister_string_format  # noqa: E402
 from serve_support import build_tiny_captioner, png_bytes  # noqa: E402
 
@@ -74,9 +77,41 @@ def pictures_as_uploads() -> Iterator[None]:
     unregister_string_format("binary")
 
 
+def json_like(value: Any) -> Any:
+    """``value`` with each file (schemathesis's ``Binary``, a ``str`` subclass) as a plain str."""
+    if isinstance(value, list):
+        return [json_like(item) for item in value]
+    if isinstance(value, dict):
+        return {key: json_like(item) for key, item in value.items()}
+    return str(value) if isinstance(value, str) else value
+
+
+@pytest.fixture(scope="module")
+def files_validated_as_sent() -> Iterator[None]:
+    """Work around a false positive of schemathesis 4.32's negative_data_rejection.
+
+    Before it reports invalid data as accepted, it validates the form as sent (an empty list
+    sends nothing; of a repeated field the server reads one value); its validator raises on file
+    values, so a multipart body with a file always counted as invalid, and e.g. `denoise: []`
+    (nothing sent, so the default) was reported. The long run found it; files as strings fix it.
+    """
+    original = openapi_checks._form_body_is_valid_as_sent
+
+    def as_sent(response: Any, case: Any, media_type: str) -> bool:
+        sent = SimpleNamespace(body=json_like(case.body), operation=case.operation)
+        return original(response, sent, media_type)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openapi_checks, "_form_body_is_valid_as_sent", as_sent)
+        yield
+
+
 @pytest.fixture(scope="module", params=["no-denoiser", "denoiser"])
 def api_schema(
-    request: pytest.FixtureRequest, captioner: Captioner, pictures_as_uploads: None
+    request: pytest.FixtureRequest,
+    captioner: Captioner,
+    pictures_as_uploads: None,
+    files_validated_as_sent: None,
 ) -> Iterator[schemathesis.BaseSchema]:
     app = create_app(captioner, median if request.param == "denoiser" else None)
     config = schemathesis.Config.from_dict(
@@ -128,7 +163,7 @@ def test_the_schema_states_the_limits_and_the_error_model(captioner: Captioner) 
     assert form["required"] == ["image"]
     image = form["properties"]["image"]
     assert (image["minItems"], image["maxItems"]) == (1, 3)
-    assert (image["items"]["minLength"], image["items"]["maxLength"]) == (1, 5000)
+    assert "from 1 to 5,000 bytes" in image["description"]
     assert form["properties"]["denoise"]["enum"] == [False]
     form = with_denoiser["components"]["schemas"]["Body_caption_v1_caption_post"]
     assert "enum" not in form["properties"]["denoise"]

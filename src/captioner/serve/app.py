@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import torch
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -85,6 +85,16 @@ def form_bool(value: object) -> object:
 
 
 FormBool = Annotated[bool, BeforeValidator(form_bool)]
+CAPTION_OPTIONS = ("beam_size", "max_length", "attention", "denoise")
+
+
+async def refuse_empty_options(request: Request, names: tuple[str, ...]) -> None:
+    """FastAPI reads an empty form field as a missing one (its default); the schema does not."""
+    form = await request.form()  # already parsed for the endpoint: this is the same form
+    empty = [name for name in names if form.get(name) == ""]
+    if empty:
+        problems = "; ".join(f"{name}: empty (leave it out for the default)" for name in empty)
+        raise ApiError(422, "invalid_request", problems)
 
 
 @dataclass(frozen=True)
@@ -155,18 +165,19 @@ def create_app(
     add_error_handlers(app)
     default_openapi = app.openapi
     app.openapi = lambda: use_error_model(default_openapi())  # type: ignore[method-assign]
-    # What the schema says of the uploads and options is what the code below enforces.
+    # What the schema says of the uploads and options is what the code below enforces. The size
+    # of a file is in the description: minLength/maxLength count characters, not bytes.
     upload_schema = {
         "type": "array",
         "minItems": 1,
         "maxItems": settings.max_images,
-        "items": {
-            "type": "string",
-            "format": "binary",
-            "minLength": 1,  # an empty file is `empty_image`
-            "maxLength": settings.max_upload_bytes,
-        },
+        "items": {"type": "string", "format": "binary"},
     }
+    upload_description = (
+        f"image files, repeat the field for several; each from 1 to {settings.max_upload_bytes:,}"
+        " bytes, in a format the server decodes (JPEG, PNG, GIF, BMP, TIFF, WebP, ...: the"
+        " content decides, not the file name or the part's type)"
+    )
     if denoiser is None:
         denoise_field = Form(
             description="denoise each image first: this server has no denoiser (`no_denoiser`)",
@@ -183,13 +194,10 @@ def create_app(
         summary="Caption one or several uploaded images",
     )
     async def caption(
+        request: Request,
         image: Annotated[
             list[UploadFile],
-            File(
-                description="image files, repeat the field for several (JPEG, PNG, GIF, BMP, "
-                "TIFF, WebP, ...: the content decides, not the name or the part's type)",
-                json_schema_extra=upload_schema,
-            ),
+            File(description=upload_description, json_schema_extra=upload_schema),
         ],
         beam_size: Annotated[int, Form(ge=1, le=settings.max_beam)] = 3,
         max_length: Annotated[int, Form(ge=1, le=settings.max_length)] = 30,
@@ -199,6 +207,7 @@ def create_app(
         denoise: Annotated[FormBool, denoise_field] = False,
     ) -> CaptionResponse:
         t0 = time.perf_counter()
+        await refuse_empty_options(request, CAPTION_OPTIONS)
         if denoise and denoiser is None:
             raise ApiError(
                 400, "no_denoiser", "this server has no denoiser (start it with --denoise CKPT)"
