@@ -67,6 +67,7 @@ COLUMNS: dict[str, str] = {
 }
 TIMING_COLUMNS = ("decode_ms", "classify_ms", "denoise_ms", "caption_ms")
 _NAMES = list(COLUMNS)
+_DEFAULTS = {"captioned": 0, "denoised": 0}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -226,7 +227,9 @@ class Catalogue:
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert or replace ``rows`` (dicts keyed by column; missing keys are NULL), all in
         one transaction."""
-        values = [tuple(_sql_value(row.get(name)) for name in _NAMES) for row in rows]
+        values = [
+            tuple(_sql_value(row.get(name, _DEFAULTS.get(name))) for name in _NAMES) for row in rows
+        ]
         with self.transaction():
             self.db.executemany(_UPSERT, values)
 
