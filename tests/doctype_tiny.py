@@ -62,3 +62,26 @@ def write_kinds(root: Path, per_source: int = 8, sources: int = 3, start: int = 
                 seed = start + 1000 * s + i + (0 if kind == "Photo" else 500)
                 make(seed).save(folder / f"src{s}-{i:04d}.jpg", quality=90)
     return root
+
+
+def biased_classifier(folder: Path, backbone: object, favour: str, margin: float = 3.0) -> object:
+    """A saved Photo/Text classifier whose head ignores the picture and says ``favour`` with
+    probability sigmoid(margin): routing tests know every answer in advance."""
+    import torch
+
+    from captioner.doctype.classifier import DocTypeClassifier
+    from captioner.doctype.model import DocTypeConfig, DocTypeHead
+
+    classes = ["Photo", "Text"]
+    config = DocTypeConfig(
+        classes=classes,
+        backbone=backbone.name,  # type: ignore[attr-defined]
+        backbone_weights_id=backbone.weights_id,  # type: ignore[attr-defined]
+        channels=backbone.channels,  # type: ignore[attr-defined]
+    )
+    head = DocTypeHead(config.channels, len(classes))
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.tensor([margin if c == favour else 0.0 for c in classes]))
+    DocTypeClassifier(head, config).save_pretrained(folder)
+    return DocTypeClassifier.from_pretrained(folder, backbone=backbone)  # type: ignore[arg-type]

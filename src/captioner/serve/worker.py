@@ -16,10 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import torch
 from PIL import Image
 
-from captioner.model.captioner import Captioner, CaptionResult
+from captioner.model.captioner import Captioner, CaptionResult, DecodeSettings
+
+if TYPE_CHECKING:
+    from captioner.doctype.classifier import DocTypeClassifier, DocTypePrediction
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,8 @@ class JobOptions:
     beam_size: int = 3
     max_length: int = 30
     denoise: bool = False
+    caption: bool = True  # False: classify only (POST /v1/classify)
+    caption_anyway: bool = False  # caption images the classifier says are not photos
 
     @property
     def batch_key(self) -> tuple[int, int]:
@@ -48,8 +55,9 @@ class JobOptions:
 
 @dataclass
 class JobOutput:
-    results: list[CaptionResult]
-    denoised: list[Image.Image] | None
+    results: list[CaptionResult | None]  # None: not captioned (not a photo, or classify only)
+    denoised: list[Image.Image | None] | None
+    kinds: list[DocTypePrediction] | None  # with a classifier
     queue_ms: float
     denoise_ms: float
     model_ms: float
@@ -68,12 +76,16 @@ _STOP = object()
 
 
 class ModelWorker:
-    """Owns ``captioner`` (and ``denoiser``) and runs every call to them on one thread."""
+    """Owns ``captioner`` (and ``denoiser``, ``classifier``) and runs every call to them on
+    one thread. With a classifier, every image is classified first (from the captioner's own
+    backbone pass when both read the same backbone) and only photos are captioned, unless a
+    job asks for ``caption_anyway``."""
 
     def __init__(
         self,
         captioner: Captioner,
         denoiser: Denoiser | None = None,
+        classifier: DocTypeClassifier | None = None,
         *,
         max_queue: int = 64,
         max_batch: int = 8,
@@ -83,6 +95,8 @@ class ModelWorker:
             raise ValueError("max_queue and max_batch must be at least 1")
         self.captioner = captioner
         self.denoiser = denoiser
+        self.classifier = classifier
+        self.shared_backbone = classifier is not None and _same_backbone(captioner, classifier)
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
@@ -124,6 +138,8 @@ class ModelWorker:
             raise WorkerStopped("the model worker is not running")
         if options.denoise and self.denoiser is None:
             raise ValueError("this server has no denoiser")
+        if not options.caption and self.classifier is None:
+            raise ValueError("this server has no classifier")
         job = _Job(list(images), options)
         try:
             self._queue.put_nowait(job)
@@ -192,61 +208,151 @@ class ModelWorker:
     def _run(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-        prepared = [p for p in (self._denoise(job) for job in live) if p is not None]
+        if not live:
+            return
+        t0 = time.perf_counter()
+        try:
+            kinds, grids = self._classify([image for job in live for image in job.images])
+        except Exception as exc:  # every waiting request gets the error; the thread lives on
+            log.exception("classifier failed")
+            for job in live:
+                job.future.set_exception(exc)
+            return
+        classify_ms = (time.perf_counter() - t0) * 1000
+        prepared, offset = [], 0
+        for job in live:
+            count = len(job.images)
+            mine = kinds[offset : offset + count] if kinds is not None else None
+            mine_grids = grids[offset : offset + count] if grids is not None else None
+            offset += count
+            item = self._prepare(job, mine, mine_grids)
+            if item is not None:
+                prepared.append(item)
         if not prepared:
             return
         options = prepared[0].job.options
-        flat = [image for item in prepared for image in item.inputs]
         t0 = time.perf_counter()
         try:
-            results = self.captioner.caption(
-                flat,
-                beam_size=options.beam_size,
-                max_length=options.max_length,
-                batch_size=len(flat),
-            )
-        except Exception as exc:  # every waiting request gets the error; the thread lives on
+            results = self._caption(prepared, options)
+        except Exception as exc:
             log.exception("model call failed")
             for item in prepared:
                 item.job.future.set_exception(exc)
             return
-        model_ms = (time.perf_counter() - t0) * 1000
+        model_ms = (time.perf_counter() - t0) * 1000 + classify_ms
         offset = 0
+        flat = sum(len(item.job.images) for item in prepared)
         for item in prepared:
-            mine = results[offset : offset + len(item.inputs)]
-            offset += len(item.inputs)
+            wanted = [i for i, grid in enumerate(item.grids) if grid is not None]
+            mine_results: list[CaptionResult | None] = [None] * len(item.job.images)
+            for i, result in zip(wanted, results[offset : offset + len(wanted)], strict=True):
+                mine_results[i] = result
+            offset += len(wanted)
             item.job.future.set_result(
                 JobOutput(
-                    results=mine,
+                    results=mine_results,
                     denoised=item.denoised,
+                    kinds=item.kinds,
                     queue_ms=(started - item.job.queued_at) * 1000,
                     denoise_ms=item.denoise_ms,
                     model_ms=model_ms,
-                    batch_images=len(flat),
+                    batch_images=flat,
                 )
             )
         self.served += len(prepared)
 
-    def _denoise(self, job: _Job) -> _Prepared | None:
-        """The pictures the captioner sees; None (and the job failed) if the denoiser fails."""
-        if not (job.options.denoise and self.denoiser is not None):
-            return _Prepared(job, job.images, None, 0.0)
-        t0 = time.perf_counter()
-        try:
-            cleaned = [_as_rgb(self.denoiser(image)) for image in job.images]
-        except Exception as exc:
-            log.exception("denoiser failed")
-            job.future.set_exception(exc)
-            return None
-        return _Prepared(job, cleaned, cleaned, (time.perf_counter() - t0) * 1000)
+    @torch.inference_mode()
+    def _grids(self, images: list[Image.Image]) -> torch.Tensor:
+        """The captioner's backbone grids of pictures, as ``Captioner.caption`` computes them."""
+        backbone = self.captioner.backbone
+        assert backbone is not None
+        pixels = torch.stack([backbone.transform(_as_rgb(image)) for image in images])
+        return backbone(pixels.to(self.captioner.device))
+
+    def _classify(
+        self, images: list[Image.Image]
+    ) -> tuple[list[DocTypePrediction] | None, torch.Tensor | None]:
+        """Kinds of the original pictures (the classifier runs before any denoising), and the
+        grids computed for them when the classifier shares the captioner's backbone."""
+        if self.classifier is None:
+            return None, None
+        if self.shared_backbone:
+            grids = self._grids(images)
+            return self.classifier.predict_grid(grids), grids
+        return self.classifier([_as_rgb(image) for image in images]), None
+
+    def _prepare(
+        self,
+        job: _Job,
+        kinds: list[DocTypePrediction] | None,
+        grids: torch.Tensor | None,
+    ) -> _Prepared | None:
+        """Which pictures to caption and their grids (denoised first when asked); None (and
+        the job failed) if the denoiser fails."""
+        options = job.options
+        keep = [
+            options.caption and (kinds is None or kinds[i].is_photo or options.caption_anyway)
+            for i in range(len(job.images))
+        ]
+        chosen: list[_Input | None] = [None] * len(job.images)
+        denoised: list[Image.Image | None] | None = None
+        denoise_ms = 0.0
+        todo = [i for i, k in enumerate(keep) if k]
+        if todo and options.denoise and self.denoiser is not None:
+            t0 = time.perf_counter()
+            try:
+                cleaned = {i: _as_rgb(self.denoiser(job.images[i])) for i in todo}
+            except Exception as exc:
+                log.exception("denoiser failed")
+                job.future.set_exception(exc)
+                return None
+            denoise_ms = (time.perf_counter() - t0) * 1000
+            denoised = [cleaned.get(i) for i in range(len(job.images))]
+            for i in todo:
+                chosen[i] = cleaned[i]
+        else:
+            for i in todo:  # the grid of the classifier's pass when there was one
+                chosen[i] = grids[i] if grids is not None else job.images[i]
+        return _Prepared(job, chosen, denoised, kinds, denoise_ms)
+
+    def _caption(self, prepared: list[_Prepared], options: JobOptions) -> list[CaptionResult]:
+        inputs = [entry for item in prepared for entry in item.grids if entry is not None]
+        if not inputs:
+            return []
+        if all(isinstance(entry, Image.Image) for entry in inputs):
+            return self.captioner.caption(
+                inputs,
+                beam_size=options.beam_size,
+                max_length=options.max_length,
+                batch_size=len(inputs),
+            )
+        # Grids from the classifier's pass, and pictures (denoised) whose grids are made now:
+        # one decoding call for all of them.
+        pictures = [entry for entry in inputs if isinstance(entry, Image.Image)]
+        fresh = iter(self._grids(pictures) if pictures else [])
+        grids = [next(fresh) if isinstance(e, Image.Image) else e for e in inputs]
+        decode = DecodeSettings(beam_size=options.beam_size, max_length=options.max_length)
+        return self.captioner.caption_features(torch.stack(grids), decode)
+
+
+_Input = Image.Image | torch.Tensor  # a picture to caption, or its backbone grid
 
 
 @dataclass
 class _Prepared:
     job: _Job
-    inputs: list[Image.Image]
-    denoised: list[Image.Image] | None
+    grids: list[_Input | None]  # None: not captioned
+    denoised: list[Image.Image | None] | None
+    kinds: list[DocTypePrediction] | None
     denoise_ms: float
+
+
+def _same_backbone(captioner: Captioner, classifier: DocTypeClassifier) -> bool:
+    """Whether the classifier reads the captioner's grid (same network, weights, preprocessing)."""
+    mine, theirs = captioner.backbone, classifier.backbone
+    if mine is None or theirs is None:
+        return False
+    return mine.header() == theirs.header()
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:
