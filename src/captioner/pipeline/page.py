@@ -228,7 +228,8 @@ function render() {
     if (!kinds.has(kind)) kinds.set(kind, []);
     kinds.get(kind).push(item);
   }
-  const order = [...kinds.keys()].sort((a, b) => kinds.get(b).length - kinds.get(a).length);
+  const order = [...kinds.keys()].sort((a, b) =>
+    kinds.get(b).length - kinds.get(a).length || a.localeCompare(b));
   const groups = document.getElementById("groups");
   const nav = document.getElementById("nav");
   for (const [n, kind] of order.entries()) {
