@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--weights", default="DEFAULT", help="MobileNetV2 weights (DEFAULT: offline)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-chain",
+        action="store_true",
+        help="skip the last step: the whole chain (sort, clean, caption) over stand-ins",
+    )
     p.add_argument("--no-progress", action="store_true")
 
     add_denoise_parser(sub)

@@ -359,6 +359,7 @@ def run_demo(args: argparse.Namespace) -> int:
         weights=args.weights,
         seed=args.seed,
         progress=not args.no_progress,
+        chain=not args.no_chain,
     )
     return 0
 

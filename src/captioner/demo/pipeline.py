@@ -31,8 +31,12 @@ def run_demo(
     weights: str = "DEFAULT",
     seed: int = 0,
     progress: bool = True,
+    chain: bool = True,
 ) -> dict:
-    """Run the demo end to end in ``out``; return the report dict (also in report/)."""
+    """Run the demo end to end in ``out``; return the report dict (also in report/).
+
+    ``chain``: then run the whole chain (classifier, denoiser, captioner) over an embedded
+    archive of stand-ins into ``out/chain/catalogue`` (``demo/chain.py``)."""
     out = Path(out)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -115,6 +119,14 @@ def run_demo(
                 r.source = str(manifest.image_root / r.source)
             write_attention_maps(examples, report_dir / "attention")
     lap("evaluate", t0)
+    if chain:
+        from captioner.demo.chain import run_chain_demo
+
+        t0 = time.perf_counter()
+        report["chain"] = run_chain_demo(
+            out / "chain", result.model_dir, manifest, weights, seed, progress
+        )
+        lap("chain", t0)
     (report_dir).mkdir(parents=True, exist_ok=True)
     (report_dir / "loss_curve.png").write_bytes((run_dir / "loss_curve.png").read_bytes())
     report["total_s"] = round(time.perf_counter() - started, 1)
