@@ -132,6 +132,7 @@ def api_schema(
         }
     )
     yield schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    app.state.worker.stop()
     seed = f" (seed {SEED})" if LONG_EXAMPLES else ""
     print(f"\n{request.param}{seed}: {sum(CASES.values())} cases, {dict(CASES)}")
     CASES.clear()
