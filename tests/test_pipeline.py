@@ -341,3 +341,21 @@ def test_review_page_index(models: dict[str, Path], tmp_path: Path) -> None:
     assert items["photo-00.jpg"]["h"] == "../in/photo-00.jpg"  # relative: works from file://
     assert (out / items["photo-00.jpg"]["dt"]).is_file()
     assert "c" not in items["page-00.png"]
+
+
+def test_a_catalogue_inside_its_input_is_not_walked(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_mixed_folder(tmp_path / "in", photos=1, pages=1)
+    out = folder / "catalogue"
+    args = ["pipeline", str(folder), "--out", str(out), "--classifier", str(models["classifier"]),
+            "--caption-kinds", "Text", "--model", str(models["captioner"]), "--workers", "0",
+            "--no-progress"]  # fmt: skip
+    for _ in range(2):  # the second run must not catalogue the first one's thumbnails
+        assert main(args) == 0
+        rows = _rows(out)
+        assert sorted(rows) == ["page-00.png", "photo-00.jpg"]
+    assert rows["page-00.png"]["captioned"] and not rows["photo-00.jpg"]["captioned"]
+    with Catalogue.open(out, readonly=True) as catalogue:
+        assert [Path(p).name for p, _ in catalogue.not_walked()] == ["catalogue"]
+    assert "not walked" in capsys.readouterr().err

@@ -89,7 +89,7 @@ def add_pipeline_parsers(sub: Any) -> None:
     )
     p.add_argument("--no-page", action="store_true", help="do not write DIR/index.html")
     p.add_argument("--backbone-weights", default="DEFAULT")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no line per failed file")
     p.add_argument("--no-progress", action="store_true")
@@ -172,6 +172,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        from captioner.training.trainer import resolve_device
+
+        args.device = str(resolve_device("auto"))
     ctx, device = distributed.setup(torch.device(args.device))
     try:
         classifier, denoiser, captioner = load_models(args, device)

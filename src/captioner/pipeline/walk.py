@@ -62,7 +62,7 @@ def walk_inputs(inputs: Sequence[str | Path], exclude: Iterable[str | Path] = ()
     walked_dirs: dict[tuple[int, int], Path] = {}
     for item in inputs:
         path = Path(os.path.abspath(item))
-        _visit(path, walk, seen_files, walked_dirs, excluded, top=True)
+        _visit(path, walk, seen_files, walked_dirs, excluded)
     return walk
 
 
@@ -77,7 +77,6 @@ def _visit(
     seen_files: set[str],
     walked_dirs: dict[tuple[int, int], Path],
     excluded: set[tuple[int, int]],
-    top: bool = False,
 ) -> None:
     try:
         info = path.stat()  # follows links
@@ -98,8 +97,7 @@ def _visit(
     if stat.S_ISDIR(info.st_mode):
         key = (info.st_dev, info.st_ino)
         if key in excluded:
-            if top:
-                walk.add(path, "the catalogue's own folder (not walked)", failure=False)
+            walk.add(path, "the catalogue's own folder (not walked)", failure=False)
             return
         if key in walked_dirs:
             first = walked_dirs[key]
