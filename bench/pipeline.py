@@ -12,8 +12,8 @@ copy with Gaussian noise sigma 25 (JPEG q95). Originals are symbolic links, not 
 
 Throughput, each over the whole folder unless said:
 - ``pipeline``: ``run_archive`` into a fresh catalogue (default settings: decoding in 2
-  worker processes, batches of 32, denoising at the captioner's 224 px), and the same with
-  ``denoise_size="full"``;
+  worker processes, batches of 32, denoising at the captioner's 224 px, beam 3), and the same
+  with greedy decoding and with ``denoise_size="full"``;
 - ``three commands``: ``captioner classify apply``, then ``captioner denoise apply`` on the
   files it called photos (full resolution: the command's only mode), then ``captioner
   caption`` on the denoised copies, one after the other as subprocesses (start-up included);
@@ -428,6 +428,10 @@ def main() -> None:
         result["pipeline"] = {"files": len(rows), "seconds": round(seconds, 1),
                               "images_per_second": round(len(rows) / seconds, 2),
                               "captioned": sum(r["captioned"] for r in rows.values())}  # fmt: skip
+        result["pipeline"]["stage_seconds"] = {
+            stage: round(sum((r[f"{stage}_ms"] or 0.0) for r in rows.values()) / 1000, 1)
+            for stage in ("decode", "classify", "denoise", "caption")
+        }  # decode: summed over the worker processes, which run beside the models
         keep = held_out(args.classifier_data, archive, truth)
         result["routing"] = {"all": routing(rows, truth, None)}
         if keep:
@@ -435,6 +439,13 @@ def main() -> None:
         print("pipeline:", result["pipeline"], result["routing"], flush=True)
         save()
     if "pipeline" in sections:
+        seconds, _ = timed_pipeline(models, [archive], args.work / "catalogue-greedy",
+                                    beam_size=1)  # fmt: skip
+        result["pipeline_greedy"] = {
+            "seconds": round(seconds, 1), "images_per_second": round(len(files) / seconds, 2)
+        }  # fmt: skip
+        print("pipeline, greedy decoding:", result["pipeline_greedy"], flush=True)
+        save()
         seconds, _ = timed_pipeline(models, [archive], args.work / "catalogue-full",
                                     denoise_size="full")  # fmt: skip
         result["pipeline_full_resolution_denoising"] = {
