@@ -31,6 +31,7 @@ import pytest
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 
+from doctype_tiny import biased_classifier  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
@@ -106,14 +107,20 @@ def files_validated_as_sent() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", params=["no-denoiser", "denoiser"])
+@pytest.fixture(scope="module", params=["no-denoiser", "denoiser+classifier"])
 def api_schema(
     request: pytest.FixtureRequest,
     captioner: Captioner,
     pictures_as_uploads: None,
     files_validated_as_sent: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[schemathesis.BaseSchema]:
-    app = create_app(captioner, median if request.param == "denoiser" else None)
+    if request.param == "no-denoiser":
+        app = create_app(captioner)
+    else:  # a classifier that calls every upload Text: answers without a caption are checked too
+        folder = tmp_path_factory.mktemp("classifier")
+        classifier = biased_classifier(folder, captioner.backbone, favour="Text", margin=1.0)
+        app = create_app(captioner, median, classifier=classifier)
     config = schemathesis.Config.from_dict(
         {
             **({"seed": SEED} if LONG_EXAMPLES else {}),

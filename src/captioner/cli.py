@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn)")
     p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
     p.add_argument("--denoise", type=Path, metavar="CKPT", help="denoiser offered to requests")
+    p.add_argument(
+        "--classifier",
+        type=Path,
+        metavar="DIR",
+        help="document-type classifier (classify train): uploads that are not photos are "
+        "said to be so instead of captioned (requests may ask to caption them anyway)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default ≤ 4)")

@@ -252,6 +252,16 @@ class _Decode(Dataset[tuple[int, Tensor | None, str]]):
             return i, None, getattr(exc, "problem", str(exc))
 
 
+def read_classifier_config(path: str | Path) -> DocTypeConfig:
+    """The settings of a classifier folder (refusing a folder of another kind), without
+    loading its weights or backbone."""
+    folder = resolve_classifier_dir(path)
+    try:
+        return DocTypeConfig.from_dict(_read_config(folder)["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: bad classifier settings ({exc})") from None
+
+
 def check_backbone(config: DocTypeConfig, backbone: Backbone, folder: Path) -> None:
     """Refuse a backbone other than the one the head was trained on."""
     if backbone.name != config.backbone or backbone.channels != config.channels:

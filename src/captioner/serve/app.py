@@ -21,14 +21,16 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BeforeValidator
 
+from captioner.doctype.classifier import DocTypeClassifier
 from captioner.model.captioner import Captioner
 from captioner.serve.errors import ApiError, add_error_handlers, refusals, use_error_model
 from captioner.serve.limits import BodyLimitMiddleware
-from captioner.serve.modelinfo import model_summary
-from captioner.serve.responses import caption_response
+from captioner.serve.modelinfo import classifier_summary, model_summary
+from captioner.serve.responses import caption_response, classify_response
 from captioner.serve.samples import available_samples, sample_png
 from captioner.serve.schemas import (
     CaptionResponse,
+    ClassifyResponse,
     HealthResponse,
     ModelResponse,
     Sample,
@@ -70,6 +72,19 @@ CAPTION_ERRORS = refusals(
 CAPTION_ERRORS[503]["headers"] = {
     "Retry-After": {"description": "seconds to wait (with `busy`)", "schema": {"type": "integer"}}
 }
+CLASSIFY_ERRORS = refusals(
+    {
+        400: "`bad_request` (a malformed multipart body)",
+        413: "`too_large` (a file above the upload limit, or a body above the request limit), "
+        "`too_many_images`",
+        415: "`unsupported_image` (not an image, or a format the server does not decode)",
+        422: "`no_image`, `empty_image`, `corrupt_image`, `image_too_large` (too many pixels)",
+        500: "`model_error` (the model failed on this request's batch)",
+        503: "`busy` (the queue is full: retry after `Retry-After` seconds), `stopped`",
+        504: "`timeout` (the model did not answer in time)",
+    }
+)
+CLASSIFY_ERRORS[503]["headers"] = CAPTION_ERRORS[503]["headers"]
 SAMPLE_ERRORS = refusals(
     {404: "`not_found` (no such sample)", 422: "`invalid_request` (e.g. an unknown `size`)"}
 )
@@ -85,7 +100,7 @@ def form_bool(value: object) -> object:
 
 
 FormBool = Annotated[bool, BeforeValidator(form_bool)]
-CAPTION_OPTIONS = ("beam_size", "max_length", "attention", "denoise")
+CAPTION_OPTIONS = ("beam_size", "max_length", "attention", "denoise", "caption_anyway")
 
 
 async def refuse_empty_options(request: Request, names: tuple[str, ...]) -> None:
@@ -124,9 +139,12 @@ def create_app(
     captioner: Captioner,
     denoiser: Denoiser | None = None,
     settings: ServeSettings | None = None,
+    classifier: DocTypeClassifier | None = None,
     **overrides: Any,
 ) -> FastAPI:
-    """Build the app around a loaded ``captioner`` (and optional denoiser).
+    """Build the app around a loaded ``captioner`` (and optional denoiser and document-type
+    classifier: with one, every upload is classified first, only photos are captioned unless a
+    request says ``caption_anyway``, and ``POST /v1/classify`` is offered).
 
     ``overrides`` replace fields of ``settings``, e.g. ``create_app(c, max_upload_bytes=2**20)``.
     The model worker thread starts here and stops with the app's lifespan.
@@ -135,6 +153,7 @@ def create_app(
     worker = ModelWorker(
         captioner,
         denoiser,
+        classifier,
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         batch_wait_s=settings.batch_wait_s,
@@ -187,6 +206,19 @@ def create_app(
         denoise_field = Form(description="denoise each image first")
     sample_ids = list(available_samples())
 
+    async def read_pictures(image: list[UploadFile]) -> tuple[list[Any], list[Any]]:
+        uploads = await read_uploads(image, settings.max_upload_bytes, settings.max_images)
+        pictures = [
+            await anyio.to_thread.run_sync(
+                lambda u=upload: decode_upload(
+                    u, max_pixels=settings.max_pixels, max_side=settings.max_side
+                ),
+                limiter=limiter,
+            )
+            for upload in uploads
+        ]
+        return uploads, pictures
+
     @app.post(
         "/v1/caption",
         response_model=CaptionResponse,
@@ -205,6 +237,13 @@ def create_app(
             FormBool, Form(description="include per-token attention grids")
         ] = True,
         denoise: Annotated[FormBool, denoise_field] = False,
+        caption_anyway: Annotated[
+            FormBool,
+            Form(
+                description="caption images the classifier says are not photos too (servers "
+                "without a classifier caption every image)"
+            ),
+        ] = False,
     ) -> CaptionResponse:
         t0 = time.perf_counter()
         await refuse_empty_options(request, CAPTION_OPTIONS)
@@ -212,18 +251,14 @@ def create_app(
             raise ApiError(
                 400, "no_denoiser", "this server has no denoiser (start it with --denoise CKPT)"
             )
-        uploads = await read_uploads(image, settings.max_upload_bytes, settings.max_images)
-        pictures = [
-            await anyio.to_thread.run_sync(
-                lambda u=upload: decode_upload(
-                    u, max_pixels=settings.max_pixels, max_side=settings.max_side
-                ),
-                limiter=limiter,
-            )
-            for upload in uploads
-        ]
+        uploads, pictures = await read_pictures(image)
         read_ms = (time.perf_counter() - t0) * 1000
-        options = JobOptions(beam_size=beam_size, max_length=max_length, denoise=denoise)
+        options = JobOptions(
+            beam_size=beam_size,
+            max_length=max_length,
+            denoise=denoise,
+            caption_anyway=caption_anyway,
+        )
         output = await run_job(worker, pictures, options, settings.request_timeout_s)
         return await anyio.to_thread.run_sync(
             lambda: caption_response(
@@ -231,12 +266,45 @@ def create_app(
                 pictures,
                 output,
                 attention=attention,
-                settings={"beam_size": beam_size, "max_length": max_length, "denoise": denoise},
+                settings={
+                    "beam_size": beam_size,
+                    "max_length": max_length,
+                    "denoise": denoise,
+                    **({"caption_anyway": caption_anyway} if classifier is not None else {}),
+                },
                 read_ms=read_ms,
                 total_ms=(time.perf_counter() - t0) * 1000,
             ),
             limiter=limiter,
         )
+
+    if classifier is not None:
+
+        @app.post(
+            "/v1/classify",
+            response_model=ClassifyResponse,
+            responses=CLASSIFY_ERRORS,
+            summary="The kind of each uploaded image (photo, painting, schematic, ...)",
+        )
+        async def classify(
+            image: Annotated[
+                list[UploadFile],
+                File(description=upload_description, json_schema_extra=upload_schema),
+            ],
+        ) -> ClassifyResponse:
+            t0 = time.perf_counter()
+            uploads, pictures = await read_pictures(image)
+            read_ms = (time.perf_counter() - t0) * 1000
+            output = await run_job(
+                worker, pictures, JobOptions(caption=False), settings.request_timeout_s
+            )
+            return classify_response(
+                uploads,
+                pictures,
+                output,
+                read_ms=read_ms,
+                total_ms=(time.perf_counter() - t0) * 1000,
+            )
 
     @app.get("/v1/health", response_model=HealthResponse, summary="Liveness and queue state")
     async def health() -> HealthResponse:
@@ -247,13 +315,15 @@ def create_app(
             max_queue=worker.max_queue,
             served=worker.served,
             denoiser=denoiser is not None,
+            classifier=classifier is not None,
             device=str(captioner.device),
             threads=torch.get_num_threads(),
         )
 
     @app.get("/v1/model", response_model=ModelResponse, summary="What model is served")
     async def model() -> ModelResponse:
-        return ModelResponse(**model_summary(captioner, settings, denoiser is not None))
+        summary = model_summary(captioner, settings, denoiser is not None)
+        return ModelResponse(**summary, classifier=classifier_summary(classifier))
 
     @app.get("/v1/samples", response_model=list[Sample], summary="Sample pictures for the page")
     async def samples() -> list[Sample]:

@@ -10,6 +10,7 @@ from captioner.errors import CaptionerError
 from captioner.model.captioner import Captioner
 
 if TYPE_CHECKING:
+    from captioner.doctype.classifier import DocTypeClassifier
     from captioner.serve.app import ServeSettings
 
 #: Keys of ``Captioner.info`` whose values are file paths on the server: only the name is shown.
@@ -40,6 +41,21 @@ def model_summary(captioner: Captioner, settings: ServeSettings, denoiser: bool)
             "max_beam": settings.max_beam,
             "max_length": settings.max_length,
         },
+    }
+
+
+def classifier_summary(classifier: DocTypeClassifier | None) -> dict[str, Any] | None:
+    if classifier is None:
+        return None
+    info = classifier.info
+    return {
+        "classes": classifier.classes,
+        "photo_class": classifier.config.photo_class,
+        "photo_threshold": classifier.config.photo_threshold,
+        "temperature": classifier.config.temperature,
+        "backbone": classifier.config.backbone,
+        "weights_id": classifier.weights_id,
+        "training": {k: info[k] for k in ("best_epoch", "counts", "views", "seconds") if k in info},
     }
 
 

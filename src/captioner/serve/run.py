@@ -6,10 +6,16 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:
+    from captioner.doctype.classifier import DocTypeClassifier
+    from captioner.model.captioner import Captioner
 
 DEFAULT_MAX_THREADS = 4
 
@@ -32,6 +38,7 @@ def serve(args: argparse.Namespace) -> int:
         args.model, device=device, backbone_weights=args.backbone_weights
     )
     denoiser = load_denoiser(args.denoise, device=str(device)) if args.denoise else None
+    classifier = load_classifier(args.classifier, captioner, device, args.backbone_weights)
     settings = ServeSettings(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_images=args.max_images,
@@ -40,12 +47,13 @@ def serve(args: argparse.Namespace) -> int:
         metrics=read_metrics(args.metrics) if args.metrics else None,
         warm_up=True,
     )
-    app = create_app(captioner, denoiser, settings)
+    app = create_app(captioner, denoiser, settings, classifier=classifier)
     import uvicorn
 
     print(
         f"captioner serve: {args.model} on {device} with {threads} threads"
-        f"{' + denoiser ' + str(args.denoise) if denoiser else ''}; "
+        f"{' + denoiser ' + str(args.denoise) if denoiser else ''}"
+        f"{' + classifier ' + str(args.classifier) if classifier else ''}; "
         f"open http://{_url_host(args.host)}:{args.port}/",
         file=sys.stderr,
         flush=True,
@@ -64,6 +72,27 @@ def serve(args: argparse.Namespace) -> int:
         )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
     return 0
+
+
+def load_classifier(
+    path: Path | None, captioner: Captioner, device: torch.device, backbone_weights: str
+) -> DocTypeClassifier | None:
+    """The ``--classifier`` folder, sharing the captioner's backbone when it is the same one
+    (one backbone pass then serves both models)."""
+    if path is None:
+        return None
+    from captioner.doctype.classifier import DocTypeClassifier, read_classifier_config
+
+    config = read_classifier_config(path)
+    mine = captioner.backbone
+    shared = (
+        mine is not None
+        and mine.name == config.backbone
+        and mine.weights_id == config.backbone_weights_id
+    )
+    return DocTypeClassifier.from_pretrained(
+        path, device=device, backbone_weights=backbone_weights, backbone=mine if shared else None
+    )
 
 
 def configure_threads(threads: int | None) -> int:

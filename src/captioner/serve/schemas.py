@@ -18,18 +18,39 @@ class Timings(BaseModel):
     batch_images: int = Field(description="images in the model batch this request was part of")
 
 
+class ImageKind(BaseModel):
+    """What the document-type classifier says of one image (servers started with one)."""
+
+    kind: str = Field(description="the kind decided: the photo class at or above the threshold")
+    probability: float = Field(description="calibrated probability of that kind")
+    is_photo: bool = Field(description="P(photo) reached the server's photo threshold")
+    photo_probability: float
+    probabilities: dict[str, float] = Field(description="every class's probability")
+    description: str = Field(description='for people, e.g. "Schematics, 96 % — not a photo"')
+
+
 class ImageCaption(BaseModel):
-    """The caption of one uploaded image."""
+    """The caption of one uploaded image (and its kind, on a server with a classifier)."""
 
     image: str = Field(description="the upload's file name, as sent (never used on disk)")
     width: int
     height: int
-    caption: str
+    captioned: bool = Field(
+        True, description="False when the classifier said it is not a photo (see `kind`)"
+    )
+    kind: ImageKind | None = Field(None, description="the classifier's answer, when it has one")
+    caption: str | None = Field(description="null when not captioned")
     tokens: list[str]
     scores: list[float] = Field(description="log-probability of each token")
-    log_prob: float = Field(description="log-probability of the whole caption (with <end>)")
-    finished: bool = Field(description="False when the caption was cut at max_length")
-    grid: tuple[int, int] = Field(description="rows and columns of the attention grids")
+    log_prob: float | None = Field(
+        description="log-probability of the whole caption (with <end>); null when not captioned"
+    )
+    finished: bool | None = Field(
+        description="False when the caption was cut at max_length; null when not captioned"
+    )
+    grid: tuple[int, int] = Field(
+        description="rows and columns of the attention grids ([0, 0] when not captioned)"
+    )
     attention: list[list[list[float]]] | None = Field(
         None, description="per token, its attention over the grid ([rows][cols], sums to 1)"
     )
@@ -45,13 +66,27 @@ class CaptionResponse(BaseModel):
     the first image (the whole answer when one image is sent); ``results`` has every image.
     """
 
-    caption: str
+    caption: str | None
     tokens: list[str]
     scores: list[float]
     attention: list[list[list[float]]] | None = None
     grid: tuple[int, int]
     results: list[ImageCaption]
     settings: dict[str, Any]
+    timings: Timings
+
+
+class ClassifiedImage(BaseModel):
+    image: str = Field(description="the upload's file name, as sent (never used on disk)")
+    width: int
+    height: int
+    kind: ImageKind
+
+
+class ClassifyResponse(BaseModel):
+    """Kinds of the uploaded images, in upload order."""
+
+    results: list[ClassifiedImage]
     timings: Timings
 
 
@@ -71,6 +106,7 @@ class HealthResponse(BaseModel):
     max_queue: int
     served: int
     denoiser: bool
+    classifier: bool
     device: str
     threads: int
 
@@ -82,6 +118,9 @@ class ModelResponse(BaseModel):
     training: dict[str, Any]
     metrics: dict[str, Any] | None
     denoiser: bool
+    classifier: dict[str, Any] | None = Field(
+        None, description="classes, photo class and threshold, weights id, training summary"
+    )
     limits: dict[str, Any]
 
 

@@ -23,6 +23,9 @@ const ui = {
   words: $("words"),
   meta: $("meta"),
   legend: $("legend"),
+  kind: $("kind"),
+  kindText: $("kind-text"),
+  captionAnyway: $("caption-anyway"),
 };
 
 const state = {
@@ -34,6 +37,7 @@ const state = {
   shown: -1, // word index whose heat-map is drawn
   maxUploadBytes: 10 * 1024 * 1024,
   request: 0, // id of the latest request; older answers are ignored
+  anyway: false, // caption even what the classifier says is not a photo
 };
 
 // ------------------------------------------------------------------ colour map (jet)
@@ -81,6 +85,10 @@ function init() {
   ui.beam.addEventListener("input", () => (ui.beamValue.textContent = ui.beam.value));
   ui.beam.addEventListener("change", () => state.file && submit());
   ui.denoise.addEventListener("change", () => state.file && submit());
+  ui.captionAnyway.addEventListener("click", () => {
+    state.anyway = true;
+    if (state.file) submit();
+  });
   ui.viewToggle.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-view]");
     if (button) setView(button.dataset.view);
@@ -160,6 +168,8 @@ function choose(file) {
   state.file = file;
   state.originalUrl = URL.createObjectURL(file);
   state.result = null;
+  state.anyway = false;
+  ui.kind.hidden = true;
   clearCaption();
   ui.viewToggle.hidden = true;
   showPicture(state.originalUrl);
@@ -173,6 +183,7 @@ async function submit() {
   form.append("beam_size", ui.beam.value);
   form.append("attention", "true");
   form.append("denoise", ui.denoiseOption.hidden ? "false" : String(ui.denoise.checked));
+  form.append("caption_anyway", String(state.anyway));
   setStatus("loading", ui.denoise.checked && !ui.denoiseOption.hidden
     ? "Denoising and captioning…" : "Captioning…");
   try {
@@ -192,6 +203,14 @@ function render(data) {
   const result = data.results[0];
   state.result = result;
   state.pinned = -1;
+  showKind(result);
+  if (!result.captioned) {
+    ui.viewToggle.hidden = true;
+    showPicture(state.originalUrl);
+    clearCaption();
+    setStatus("done", "");
+    return;
+  }
   if (result.denoised_image) {
     ui.viewToggle.hidden = false;
     setView(state.view);
@@ -235,6 +254,16 @@ function render(data) {
   }
   // Start by showing the most confident content word (or the first one).
   showWord(result.attention && result.tokens.length ? firstWord(result) : -1, true);
+}
+
+// With a document-type classifier on the server: "Photo, 99 %", or "Schematics, 96 % — not
+// a photo" and a button to caption it anyway.
+function showKind(result) {
+  ui.kind.hidden = !result.kind;
+  if (!result.kind) return;
+  ui.kindText.textContent = result.kind.description;
+  ui.kind.classList.toggle("not-photo", !result.kind.is_photo);
+  ui.captionAnyway.hidden = result.captioned;
 }
 
 function firstWord(result) {
