@@ -125,7 +125,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     histories = [
         json.loads((tmp_path / r / "history.json").read_text()) for r in ("whole", "parts")
     ]
-    assert [h["val_loss"] for h in histories[0]] == [h["val_loss"] for h in histories[1]]
+    assert [h["val_nll"] for h in histories[0]] == [h["val_nll"] for h in histories[1]]
     # other settings than the run started with are refused
     code = main(
         [
@@ -304,3 +304,19 @@ def test_evaluate_writes_report_confusion_and_mistakes(trained: Path, tmp_path: 
     assert report["reports"]["clean"]["images"] > 0
     assert (out / "confusion_clean.png").stat().st_size > 1000
     assert (out / "mistakes.html").read_text().startswith("<!doctype html>")
+
+
+def test_source_balanced_weights_give_every_source_and_class_the_same_share() -> None:
+    import torch
+
+    from captioner.training.classifier import sample_weights
+
+    labels = torch.tensor([0] * 90 + [0] * 10 + [1] * 20)
+    groups = ["big"] * 90 + ["small"] * 10 + ["only"] * 20
+    w = sample_weights(labels, groups, 2, "source")
+    assert float(w.mean()) == pytest.approx(1.0)
+    assert float(w[:90].sum()) == pytest.approx(float(w[90:100].sum()))  # sources equal
+    assert float(w[:100].sum()) == pytest.approx(float(w[100:].sum()))  # classes equal
+    c = sample_weights(labels, groups, 2, "class")
+    assert float(c[0]) == pytest.approx(float(c[95]))  # inside a class, images equal
+    assert float(c[:100].sum()) == pytest.approx(float(c[100:].sum()))

@@ -71,6 +71,12 @@ def add_classify_parser(sub: Any) -> None:
     )
     p.add_argument("--epochs", type=int, help=f"{d('epochs')}")
     p.add_argument("--patience", type=int, help=f"{d('patience')}")
+    p.add_argument(
+        "--balance",
+        choices=["class", "source"],
+        help="loss weights: every class equal, or every source inside its class too "
+        f"{d('balance')}",
+    )
     p.add_argument("--batch-size", type=int, help=f"{d('batch_size')}")
     p.add_argument("--lr", type=float, dest="learning_rate", help=f"{d('learning_rate')}")
     p.add_argument("--weight-decay", type=float, help=f"{d('weight_decay')}")

@@ -1,4 +1,4 @@
-"""Model 1's network: a linear head on standardised, pooled backbone features.
+"""Model 1's network: a linear head on unit-length, standardised, pooled backbone features.
 
 The backbone is a stock ImageNet trunk from ``vision/`` (frozen); the head holds the feature
 standardisation (mean/std over the training features) as buffers, so the saved head alone
@@ -53,9 +53,16 @@ class DocTypeHead(nn.Module):
         self.linear = nn.Linear(channels, num_classes)
 
     def set_standardisation(self, features: Tensor) -> None:
-        self.feature_mean.copy_(features.mean(dim=0))
-        self.feature_std.copy_(features.std(dim=0).clamp_min(1e-6))
+        x = _unit(features.float())
+        self.feature_mean.copy_(x.mean(dim=0))
+        self.feature_std.copy_(x.std(dim=0).clamp_min(1e-6))
 
     def forward(self, pooled: Tensor) -> Tensor:
-        x = (pooled.float() - self.feature_mean) / self.feature_std
+        x = (_unit(pooled.float()) - self.feature_mean) / self.feature_std
         return self.linear(self.dropout(x))
+
+
+def _unit(x: Tensor) -> Tensor:
+    """Each feature vector scaled to unit length: the head reads its direction, not how much
+    the image activates the network overall (which differs between sources)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -57,6 +57,7 @@ class ClassifierTrainResult:
 class _Features:
     x: torch.Tensor  # [N, C]
     y: torch.Tensor  # [N]
+    groups: list[str]  # the source of each row
 
 
 def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> ClassifierTrainResult:
@@ -80,6 +81,7 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     transforms.update({f"aug{v}": ScanAugment(view=v) for v in range(config.views)})
     split_of = np.asarray([item.split for item in data.images])
     labels = np.asarray([classes.index(item.label) for item in data.images], dtype=np.int64)
+    groups = np.asarray([item.group for item in data.images])
     cached = {
         name: _view(data.images, feats, pooled, name, t, config) for name, t in transforms.items()
     }
@@ -87,7 +89,9 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     def rows(split: str, view: str) -> _Features:
         keep = (split_of == split) & cached[view].ok
         return _Features(
-            torch.from_numpy(cached[view].features[keep]), torch.from_numpy(labels[keep])
+            torch.from_numpy(cached[view].features[keep]),
+            torch.from_numpy(labels[keep]),
+            groups[keep].tolist(),
         )
 
     train = _stack([rows("train", v) for v in ["clean", *(f"aug{i}" for i in range(config.views))]])
@@ -231,13 +235,40 @@ def _view(
 
 
 def _stack(parts: list[_Features]) -> _Features:
-    return _Features(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+    return _Features(
+        torch.cat([p.x for p in parts]),
+        torch.cat([p.y for p in parts]),
+        [g for p in parts for g in p.groups],
+    )
+
+
+def sample_weights(
+    labels: torch.Tensor, groups: list[str], classes: int, balance: str
+) -> torch.Tensor:
+    """Loss weight of each training row, mean 1. ``"class"``: every class weighs the same
+    whatever its image count; ``"source"``: so does every source (group) inside its class, so
+    that one large source does not decide what a class looks like."""
+    if balance not in ("class", "source"):
+        raise CaptionerError(f"balance must be 'class' or 'source', not {balance!r}")
+    weights = torch.zeros(len(labels))
+    for c in range(classes):
+        in_class = labels == c
+        if not in_class.any():
+            continue
+        units = sorted({g for g, keep in zip(groups, in_class.tolist(), strict=True) if keep})
+        if balance == "class":
+            weights[in_class] = 1.0 / int(in_class.sum())
+            continue
+        for unit in units:
+            rows = in_class & torch.tensor([g == unit for g in groups])
+            weights[rows] = 1.0 / (len(units) * int(rows.sum()))
+    return weights * len(labels) / weights.sum()
 
 
 class _HeadTask:
     """The classifier head as a task of the shared loop."""
 
-    monitor = "val_loss"
+    monitor = "val_nll"
     mode = "min"
 
     def __init__(
@@ -255,9 +286,9 @@ class _HeadTask:
         self.config = config
         self.classifier = classifier
         self.model_dir = model_dir
-        counts = torch.bincount(train.y, minlength=head.linear.out_features).float()
-        # Class-balanced: each class weighs the same in the loss whatever its image count.
-        self.class_weights = len(train.y) / (len(counts) * counts.clamp_min(1.0))
+        self.weights = sample_weights(
+            train.y, train.groups, head.linear.out_features, config.balance
+        )
         self.optimizer = torch.optim.AdamW(
             head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -269,12 +300,14 @@ class _HeadTask:
         total, seen = 0.0, 0
         for start in range(0, len(order), self.config.batch_size):
             rows = order[start : start + self.config.batch_size]
-            loss = F.cross_entropy(
+            weights = self.weights[rows]
+            losses = F.cross_entropy(
                 self.model(self.train.x[rows]),
                 self.train.y[rows],
-                weight=self.class_weights,
+                reduction="none",
                 label_smoothing=self.config.label_smoothing,
             )
+            loss = (losses * weights).sum() / weights.sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -284,13 +317,19 @@ class _HeadTask:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Validation NLL after temperature scaling (the selection metric: the raw NLL grows
+        with overconfidence long before the ranking of the classes gets worse) and accuracy."""
         self.model.eval()
         logits = self.model(self.val.x)
-        loss = F.cross_entropy(logits, self.val.y, weight=self.class_weights)
+        labels = self.val.y.numpy()
+        temperature = fit_temperature(logits.numpy(), labels)
+        calibrated = F.cross_entropy(logits / temperature, self.val.y)
         predicted = logits.argmax(dim=1)
         return {
-            "val_loss": float(loss),
+            "val_nll": float(calibrated),
+            "val_raw_nll": float(F.cross_entropy(logits, self.val.y)),
             "val_accuracy": float((predicted == self.val.y).float().mean()),
+            "val_temperature": temperature,
         }
 
     def save_best(self, record: dict[str, Any]) -> None:

@@ -35,8 +35,9 @@ class ClassifierTrainConfig:
     max_per_group: int | None = 300
     views: int = 3  # scan-augmented views of each training image, besides the clean one
     synthetic: int = 150  # drawn charts, diagrams, printed pages per generator (training only)
-    epochs: int = 40
-    patience: int = 8
+    epochs: int = 60
+    patience: int = 15
+    balance: str = "source"  # loss weights: "class" (classes equal) or "source" (sources too)
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-2
