@@ -69,6 +69,7 @@ def evaluate_classifier(
             classifier.classes,
             classifier.config.photo_class or "",
             classifier.config.photo_threshold,
+            groups=[item.group for item, _ in rows],
         )
         result.reports[name] = report
         for item, prediction in rows:

@@ -15,11 +15,13 @@ def classification_metrics(
     photo_class: str = "Photo",
     photo_threshold: float = 0.5,
     bins: int = 10,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """``labels`` [N] class indices, ``probabilities`` [N, K] -> a JSON-ready report.
 
     Photo decision: P(photo) >= ``photo_threshold`` (what the chain does); the 5-class
-    figures use the most probable class.
+    figures use the most probable class. ``groups`` (each image's source) adds the accuracy
+    of each (class, source).
     """
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -54,6 +56,16 @@ def classification_metrics(
         if len(labels)
         else 0.0,
     }
+    if groups is not None:
+        by_source: dict[str, dict[str, Any]] = {}
+        for label, guess, group in zip(labels.tolist(), predicted.tolist(), groups, strict=True):
+            row = by_source.setdefault(f"{classes[label]}/{group}", {"images": 0, "correct": 0})
+            row["images"] += 1
+            row["correct"] += int(label == guess)
+        report["per_source"] = {
+            key: {"images": row["images"], "accuracy": row["correct"] / row["images"]}
+            for key, row in sorted(by_source.items())
+        }
     if photo_class in classes:
         photo = classes.index(photo_class)
         is_photo = labels == photo

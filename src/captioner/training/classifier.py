@@ -150,6 +150,7 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
                 classes,
                 config.photo_class,
                 config.photo_threshold,
+                groups=part.groups,
             )
             for condition, part in parts.items()
         }
