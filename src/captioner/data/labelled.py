@@ -20,7 +20,6 @@ skipped, never fatal.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
 import re
@@ -32,7 +31,7 @@ from typing import Any
 
 from captioner.data.readers import read_text_file
 from captioner.errors import DatasetError
-from captioner.fileio import atomic_write_json, read_json_document
+from captioner.fileio import atomic_write_json, read_json_document, sha256_file
 from captioner.vision.images import IMAGE_SUFFIXES
 
 FORMAT = "captioner-labelled-images"
@@ -135,7 +134,7 @@ def read_sources(
             continue
         seen_paths.add(resolved)
         try:
-            digest = _content_hash(path)
+            digest = sha256_file(path)
         except FileNotFoundError:
             skipped["missing_file"].append(str(path))
             continue
@@ -268,14 +267,6 @@ def _sample_groups(
         chosen = unit if len(unit) <= max_per_group else rng.sample(unit, max_per_group)
         keep.update(id(entry) for entry in chosen)
     return [entry for entry in entries if id(entry) in keep]
-
-
-def _content_hash(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def assign_splits(
