@@ -97,6 +97,11 @@ def test_routing_by_kind_and_the_shared_backbone_pass(
         assert abs(sum(result.probabilities.values()) - 1.0) < 1e-5
         assert result.classifier_id and not result.denoised
     assert sum(seen) == 6  # one backbone pass per image, read by both models
+    # the classifier gives the file on its own the kind and probabilities it gets in the chain
+    alone_kind = classifier([folder / "more" / "page-01.png"])[0]
+    assert results["page-01.png"].kind == alone_kind.kind
+    for name, p in alone_kind.probabilities.items():
+        assert results["page-01.png"].probabilities[name] == pytest.approx(p, abs=1e-5)
     # the grid read again gives the caption the captioner gives the file on its own
     alone = captioner.caption([folder / "photo-00.jpg"])[0]
     assert results["photo-00.jpg"].caption == alone.caption == CAPTION

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
-from captioner.fileio import atomic_write_bytes
+from captioner.fileio import _remove_orphaned_temporaries, atomic_write_bytes
 from captioner.pipeline.catalogue import COLUMNS, TIMING_COLUMNS, Catalogue, StoredState
 from captioner.pipeline.settings import PipelineSettings
 from captioner.pipeline.walk import NotWalked, WalkedFile, display_path, walk_inputs
@@ -694,11 +694,17 @@ def _write_attention(
     name = f"attention/{item.sha256[:16]}.png"
     target = out / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.draw.png")
-    plot_attention(
-        picture, caption.tokens, caption.attention, caption.grid, temporary, caption.caption
-    )
-    os.replace(temporary, target)  # atomic: a killed run never leaves half a picture
+    # .NAME.PID.draw.tmp: the pattern of fileio's temporaries, removed once their process is
+    # gone (a PNG: plot_attention writes JPEG only for .jpg names)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.draw.tmp")
+    try:
+        plot_attention(
+            picture, caption.tokens, caption.attention, caption.grid, temporary, caption.caption
+        )
+        os.replace(temporary, target)  # atomic: a killed run never leaves half a picture
+    finally:
+        temporary.unlink(missing_ok=True)
+    _remove_orphaned_temporaries(target)
     return name
 
 
