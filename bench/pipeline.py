@@ -160,6 +160,8 @@ def three_commands(args: argparse.Namespace, archive: Path, work: Path) -> dict[
                                    str(args.denoiser), "--out", str(out / f"denoised{i}"),
                                    "--no-progress"])  # fmt: skip
     denoised = [str(out / f"denoised{i}") for i in range(len(groups))]
+    if not denoised:
+        raise RuntimeError("classify apply called no file a photo")
     run("caption", [*CLI, "caption", *denoised, "--model", str(args.captioner), "--json",
                     "--output", str(out / "captions.json")])  # fmt: skip
     total = sum(steps.values())
