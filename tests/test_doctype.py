@@ -57,6 +57,7 @@ def _train(data: Path, out: Path, *extra: str) -> int:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("doctype")
     write_kinds(root / "kinds", per_source=6, sources=3)
+    (root / "kinds" / "Text" / "src0-0999.jpg").write_bytes(b"not a picture")  # skipped
     assert _train(root / "kinds", root / "run") == 0
     return root / "run"
 
@@ -70,6 +71,11 @@ def test_training_learns_text_from_photos_on_unseen_sources(trained: Path) -> No
     assert report["test"]["clean"]["accuracy"] >= 0.9
     assert report["test"]["noise_25"]["accuracy"] >= 0.8
     assert report["val"]["clean"]["images"] > 0
+    failures = json.loads((trained / "features" / "clean" / "failures.json").read_text())
+    assert [Path(k).name for k in failures] == ["src0-0999.jpg"]  # named, skipped, not fatal
+    for split in ("val", "test"):  # the unreadable file is in no figure
+        readable = [i for i in data["images"] if i["split"] == split and i["path"] not in failures]
+        assert report[split]["clean"]["images"] == len(readable)
     for name in ("model.safetensors", "config.json"):
         assert (trained / "model" / name).is_file()
     config = json.loads((trained / "model" / "config.json").read_text())
