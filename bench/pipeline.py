@@ -23,8 +23,9 @@ Throughput, each over the whole folder unless said:
   decoded and resized, batches of 32): the backbone over every image, and for the photos the
   pipeline routed, the denoiser at 224 px and the backbone again on the denoised pixels.
 
-The pipeline variants and the bound run ``--repeats`` times, interleaved (a busy spell of a
-shared machine then hits each of them), and the fastest run of each is reported with all runs.
+All of them run in ``--repeats`` interleaved rounds (a busy spell of a shared machine then hits
+each of them), and the fastest run of each is reported, with the CPU seconds it used (this
+process and its ended children: decoding workers, the commands) and the times of every run.
 
 Routing: on the whole folder and on the classifier's held-out sources (its ``data.json`` test
 split, when given with ``--classifier-data``). Captions: BLEU-4/CIDEr of the UCM test photos
@@ -42,6 +43,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -163,13 +165,10 @@ def three_commands(args: argparse.Namespace, archive: Path, work: Path) -> dict[
                                    str(args.denoiser), "--out", str(out / f"denoised{i}"),
                                    "--no-progress"])  # fmt: skip
     denoised = [str(out / f"denoised{i}") for i in range(len(groups))]
-    if not denoised:
-        raise RuntimeError("classify apply called no file a photo")
-    run("caption", [*CLI, "caption", *denoised, "--model", str(args.captioner), "--json",
-                    "--output", str(out / "captions.json")])  # fmt: skip
-    total = sum(steps.values())
-    return {"seconds": total, "steps_s": {k: round(v, 1) for k, v in steps.items()},
-            "photos": len(photos)}  # fmt: skip
+    if denoised:  # (a classifier that calls nothing a photo leaves nothing to caption)
+        run("caption", [*CLI, "caption", *denoised, "--model", str(args.captioner), "--json",
+                        "--output", str(out / "captions.json")])  # fmt: skip
+    return {"steps_s": {k: round(v, 1) for k, v in steps.items()}, "photos": len(photos)}
 
 
 @torch.inference_mode()
@@ -184,8 +183,7 @@ def seed_loop(models: tuple[Any, Any, Any], paths: list[Path]) -> dict[str, Any]
         if prediction.is_photo:
             captioner.caption([denoiser(image)], beam_size=3)
             captioned += 1
-    seconds = time.perf_counter() - started
-    return {"images": len(paths), "captioned": captioned, "seconds": seconds}
+    return {"images": len(paths), "captioned": captioned, "seconds": time.perf_counter() - started}
 
 
 @torch.inference_mode()
@@ -215,13 +213,11 @@ def bound(models: tuple[Any, Any, Any], paths: list[Path], routed: set[str]) -> 
     t_again = run(forward, photo_pixels)
     total = t_backbone + t_denoise + t_again
     return {
-        "images": len(paths),
         "photos": len(photo_rows),
         "backbone_s": t_backbone,
         "denoiser_s": t_denoise,
         "backbone_on_denoised_s": t_again,
-        "seconds": total,
-        "images_per_second": len(paths) / total,
+        "forward_seconds": total,
     }
 
 
@@ -387,6 +383,90 @@ def catalogue_scale(manifest: Manifest, work: Path, count: int) -> dict[str, Any
     }
 
 
+def _clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its ended children)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return time.perf_counter(), me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def throughput(
+    args: argparse.Namespace,
+    models: tuple[Any, Any, Any],
+    archive: Path,
+    files: list[str],
+    truth: dict[str, str],
+    result: dict[str, Any],
+) -> None:
+    """Every way of running the chain, in ``--repeats`` interleaved rounds (a busy spell of a
+    shared machine then hits each of them); the fastest run of each is kept, with all runs."""
+    step = max(1, len(files) // args.loop_images)
+    subset = [Path(p) for p in files[::step][: args.loop_images]]
+    pipelines = {
+        "pipeline": {},
+        "pipeline_greedy": {"beam_size": 1},
+        "pipeline_full_resolution_denoising": {"denoise_size": "full"},
+    }
+    runs: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, started: tuple[float, float], images: int, **extra: Any) -> None:
+        wall, cpu = (a - b for a, b in zip(_clock(), started, strict=True))
+        runs.setdefault(name, []).append(
+            {"seconds": wall, "cpu_seconds": cpu, "images": images, **extra}
+        )
+        print(f"  {name}: {wall:.1f} s ({cpu:.1f} CPU s), {images / wall:.2f} images/s",
+              flush=True)  # fmt: skip
+
+    for round_ in range(args.repeats):
+        print(f"round {round_ + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        for name, settings in pipelines.items():
+            started = _clock()
+            _, got = timed_pipeline(models, [archive], args.work / name, **settings)
+            record(name, started, len(files))
+            if name == "pipeline":
+                rows = rows or got
+        routed = {p for p, r in rows.items() if r["denoised"]}
+        started = _clock()
+        parts = bound(models, [Path(p) for p in files], routed)
+        record("bound", started, len(files), **parts)
+        started = _clock()
+        steps = three_commands(args, archive, args.work)
+        record("three_commands", started, len(files), **steps)
+        started = _clock()
+        loop = seed_loop(models, subset)
+        record("seed_loop", started, len(subset), captioned=loop["captioned"])
+    best = {name: min(items, key=lambda r: r["seconds"]) for name, items in runs.items()}
+    bound_rate = best["bound"]["images"] / best["bound"]["forward_seconds"]
+    for name, run in best.items():
+        result[name] = {
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()},
+            "images_per_second": round(run["images"] / run["seconds"], 2),
+            "all_runs_s": [round(r["seconds"], 1) for r in runs[name]],
+        }
+    result["bound"]["images_per_second"] = round(bound_rate, 2)
+    for name in pipelines:
+        result[name]["share_of_bound"] = round(result[name]["images_per_second"] / bound_rate, 3)
+    rate = result["pipeline"]["images_per_second"]
+    result["speedups"] = {
+        name: round(rate / result[name]["images_per_second"], 2)
+        for name in ("three_commands", "seed_loop")
+    }
+    result["pipeline"]["captioned"] = sum(r["captioned"] for r in rows.values())
+    result["pipeline"]["stage_seconds"] = {
+        stage: round(sum((r[f"{stage}_ms"] or 0.0) for r in rows.values()) / 1000, 1)
+        for stage in ("decode", "classify", "denoise", "caption")
+    }  # of the first run; decode: summed over the worker processes, beside the models
+    keep = held_out(args.classifier_data, archive, truth)
+    result["routing"] = {"all": routing(rows, truth, None)}
+    if keep:
+        result["routing"]["held_out_sources"] = routing(rows, truth, keep)
+    for name in [*runs, "speedups", "routing"]:
+        print(f"{name}: {result[name]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classifier", type=Path, required=True)
@@ -397,16 +477,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("runs/pipeline-bench"))
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--loop-images", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of the pipeline runs")
+    parser.add_argument("--loop-images", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the throughput runs")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--every", type=int, default=1, help="a smaller folder, for a try run")
     parser.add_argument(
-        "--only", nargs="*", default=[], help="sections: pipeline (with the bound) commands "
-        "loop quality catalogue (default: all)"
+        "--only", nargs="*", default=[], help="sections: throughput quality catalogue "
+        "(default: all)"
     )  # fmt: skip
     args = parser.parse_args()
-    sections = set(args.only or ["pipeline", "commands", "loop", "quality", "catalogue"])
+    sections = set(args.only or ["throughput", "quality", "catalogue"])
     manifest = Manifest.load(args.manifest)
     result: dict[str, Any] = (
         json.loads(args.output.read_text()) if args.output.is_file() and args.only else {}
@@ -429,72 +509,9 @@ def main() -> None:
     print(f"mixed folder: {len(files)} files, {sum(t == 'Photo' for t in truth.values())} photos",
           flush=True)  # fmt: skip
     models = load_models(args)
-    variants = {
-        "pipeline": {},
-        "pipeline_greedy": {"beam_size": 1},
-        "pipeline_full_resolution_denoising": {"denoise_size": "full"},
-    }
-    if "pipeline" in sections:
-        times: dict[str, list[float]] = {name: [] for name in [*variants, "bound"]}
-        bounds: list[dict[str, Any]] = []
-        rows: dict[str, dict[str, Any]] = {}
-        for round_ in range(args.repeats):  # interleaved: a busy spell hits every variant
-            for name, settings in variants.items():
-                seconds, got = timed_pipeline(models, [archive], args.work / name, **settings)
-                times[name].append(round(seconds, 1))
-                if name == "pipeline" and round_ == 0:
-                    rows = got
-                print(f"round {round_ + 1}, {name}: {seconds:.1f} s", flush=True)
-            routed = {p for p, r in rows.items() if r["denoised"]}
-            bounds.append(bound(models, [Path(p) for p in files], routed))
-            times["bound"].append(round(bounds[-1]["seconds"], 1))
-            print(f"round {round_ + 1}, bound: {bounds[-1]['seconds']:.1f} s", flush=True)
-        for name in variants:
-            best = min(times[name])
-            result[name] = {"files": len(files), "seconds": best, "runs_s": times[name],
-                            "images_per_second": round(len(files) / best, 2)}  # fmt: skip
-        result["pipeline"]["captioned"] = sum(r["captioned"] for r in rows.values())
-        result["pipeline"]["stage_seconds"] = {
-            stage: round(sum((r[f"{stage}_ms"] or 0.0) for r in rows.values()) / 1000, 1)
-            for stage in ("decode", "classify", "denoise", "caption")
-        }  # of the first run; decode: summed over the worker processes, beside the models
-        b = min(bounds, key=lambda x: x["seconds"])
-        result["bound"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in b.items()}
-        result["bound"]["runs_s"] = times["bound"]
-        for name in variants:
-            result[name]["share_of_bound"] = round(
-                result[name]["images_per_second"] / b["images_per_second"], 3
-            )
-        keep = held_out(args.classifier_data, archive, truth)
-        result["routing"] = {"all": routing(rows, truth, None)}
-        if keep:
-            result["routing"]["held_out_sources"] = routing(rows, truth, keep)
-        for name in [*variants, "bound", "routing"]:
-            print(f"{name}: {result[name]}", flush=True)
+    if "throughput" in sections:
+        throughput(args, models, archive, files, truth, result)
         save()
-    if "commands" in sections:
-        c = three_commands(args, archive, args.work)
-        c["images_per_second"] = round(len(files) / c["seconds"], 2)
-        c["seconds"] = round(c["seconds"], 1)
-        result["three_commands"] = c
-        print("three commands:", c, flush=True)
-        save()
-    if "loop" in sections:
-        step = max(1, len(files) // args.loop_images)
-        subset = [Path(p) for p in files[::step][: args.loop_images]]
-        loop = seed_loop(models, subset)
-        loop["images_per_second"] = round(loop["images"] / loop["seconds"], 3)
-        loop["seconds"] = round(loop["seconds"], 1)
-        result["seed_loop"] = loop
-        print("seed-style loop:", loop, flush=True)
-        save()
-    if "pipeline" in result:
-        rate = result["pipeline"]["images_per_second"]
-        result["speedups"] = {
-            name: round(rate / result[name]["images_per_second"], 2)
-            for name in ("three_commands", "seed_loop")
-            if name in result
-        }
     if "quality" in sections:
         print("caption quality through the chain:", flush=True)
         result["quality"] = quality(models, manifest, args.work)
