@@ -64,7 +64,6 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     started = time.perf_counter()
     out = Path(config.out)
     check_resume(out, resume, "a classifier training run")
-    torch.manual_seed(config.seed)
     data = _labelled_data(config, out, resume)
     backbone = load_backbone(config.backbone, config.weights)
     pooled = pooled_backbone(backbone)
@@ -104,6 +103,9 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     if len(train.y) == 0 or len(val["clean"].y) == 0:
         raise CaptionerError("no readable training or validation image")
 
+    # Seeded here, after the features: extracting them (DataLoader workers draw seeds) or
+    # finding them cached must not change the training.
+    torch.manual_seed(config.seed)
     head = DocTypeHead(backbone.channels, len(classes), config.dropout)
     head.set_standardisation(train.x)
     photo_class = config.photo_class if config.photo_class in classes else None
