@@ -1,4 +1,5 @@
-"""Atomic file writes and hashing: a reader never sees a half-written file."""
+"""Atomic file writes, hashing and strict safetensors loading: a reader never sees a half-written
+file, and weights that do not fit a model are refused with a message naming the file."""
 
 from __future__ import annotations
 
