@@ -13,7 +13,7 @@ copy with Gaussian noise sigma 25 (JPEG q95). Originals are symbolic links, not 
 Throughput, each over the whole folder unless said:
 - ``pipeline``: ``run_archive`` into a fresh catalogue (default settings: decoding in 2
   worker processes, batches of 32, denoising at the captioner's 224 px, beam 3), and the same
-  with greedy decoding and with ``denoise_size="full"``;
+  with greedy decoding, with ``denoise_size="full"`` and with decoding in the main process;
 - ``three commands``: ``captioner classify apply``, then ``captioner denoise apply`` on the
   files it called photos (full resolution: the command's only mode), then ``captioner
   caption`` on the denoised copies, one after the other as subprocesses (start-up included);
@@ -26,6 +26,9 @@ Throughput, each over the whole folder unless said:
 All of them run in ``--repeats`` interleaved rounds (a busy spell of a shared machine then hits
 each of them), and the fastest run of each is reported, with the CPU seconds it used (this
 process and its ended children: decoding workers, the commands) and the times of every run.
+
+Scans (``--scans N``): N files of the folder (half photos) resized to an A4 page at 300 dpi
+(2480 x 3508 px, JPEG q90), through the same variants: the case the chain is built for.
 
 Routing: on the whole folder and on the classifier's held-out sources (its ``data.json`` test
 split, when given with ``--classifier-data``). Captions: BLEU-4/CIDEr of the UCM test photos
@@ -125,9 +128,8 @@ def timed_pipeline(
     return seconds, rows
 
 
-def three_commands(args: argparse.Namespace, archive: Path, work: Path) -> dict[str, Any]:
+def three_commands(args: argparse.Namespace, archive: Path, out: Path) -> dict[str, Any]:
     """classify apply -> denoise apply (photos) -> caption, as a user would run them."""
-    out = work / "commands"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -399,6 +401,7 @@ def throughput(
     files: list[str],
     truth: dict[str, str],
     result: dict[str, Any],
+    prefix: str = "",
 ) -> None:
     """Every way of running the chain, in ``--repeats`` interleaved rounds (a busy spell of a
     shared machine then hits each of them); the fastest run of each is kept, with all runs."""
@@ -408,9 +411,10 @@ def throughput(
         "pipeline": {},
         "pipeline_greedy": {"beam_size": 1},
         "pipeline_full_resolution_denoising": {"denoise_size": "full"},
+        "pipeline_no_workers": {"num_workers": 0},  # decoding in the main process
     }
     # runs of earlier invocations (--only throughput again adds rounds to them)
-    runs: dict[str, list[dict[str, Any]]] = result.get("throughput_runs", {})
+    runs: dict[str, list[dict[str, Any]]] = result.get(f"{prefix}throughput_runs", {})
     rows: dict[str, dict[str, Any]] = {}
 
     def record(name: str, started: tuple[float, float], images: int, **extra: Any) -> None:
@@ -426,7 +430,7 @@ def throughput(
         print(f"round {round_ + 1} (load average {os.getloadavg()[0]:.1f})", flush=True)
         for name, settings in pipelines.items():
             started = _clock()
-            _, got = timed_pipeline(models, [archive], args.work / name, **settings)
+            _, got = timed_pipeline(models, [archive], args.work / f"{prefix}{name}", **settings)
             record(name, started, len(files))
             if name == "pipeline":
                 rows = rows or got
@@ -440,39 +444,58 @@ def throughput(
             parts = bound(models, [Path(p) for p in files], routed)
             record("bound", started, len(files), **parts)
         started = _clock()
-        steps = three_commands(args, archive, args.work)
+        steps = three_commands(args, archive, args.work / f"{prefix}commands")
         record("three_commands", started, len(files), **steps)
         started = _clock()
         loop = seed_loop(models, subset)
         record("seed_loop", started, len(subset), captioned=loop["captioned"])
-    result["throughput_runs"] = runs
+    result[f"{prefix}throughput_runs"] = runs
     best = {name: min(items, key=lambda r: r["seconds"]) for name, items in runs.items()}
     bound_rate = best["bound"]["images"] / min(r["forward_seconds"] for r in runs["bound"])
+    out: dict[str, Any] = {}
     for name, run in best.items():
-        result[name] = {
+        out[name] = {
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()},
             "images_per_second": round(run["images"] / run["seconds"], 2),
             "all_runs_s": [round(r["seconds"], 1) for r in runs[name]],
         }
-    result["bound"]["images_per_second"] = round(bound_rate, 2)
+    out["bound"]["images_per_second"] = round(bound_rate, 2)
     for name in pipelines:
-        result[name]["share_of_bound"] = round(result[name]["images_per_second"] / bound_rate, 3)
-    rate = result["pipeline"]["images_per_second"]
-    result["speedups"] = {
-        name: round(rate / result[name]["images_per_second"], 2)
+        out[name]["share_of_bound"] = round(out[name]["images_per_second"] / bound_rate, 3)
+    rate = out["pipeline"]["images_per_second"]
+    out["speedups"] = {
+        name: round(rate / out[name]["images_per_second"], 2)
         for name in ("three_commands", "seed_loop")
     }
-    result["pipeline"]["captioned"] = sum(r["captioned"] for r in rows.values())
-    result["pipeline"]["stage_seconds"] = {
+    out["pipeline"]["captioned"] = sum(r["captioned"] for r in rows.values())
+    out["pipeline"]["stage_seconds"] = {
         stage: round(sum((r[f"{stage}_ms"] or 0.0) for r in rows.values()) / 1000, 1)
         for stage in ("decode", "classify", "denoise", "caption")
     }  # of the first run; decode: summed over the worker processes, beside the models
     keep = held_out(args.classifier_data, archive, truth)
-    result["routing"] = {"all": routing(rows, truth, None)}
+    out["routing"] = {"all": routing(rows, truth, None)}
     if keep:
-        result["routing"]["held_out_sources"] = routing(rows, truth, keep)
-    for name in [*runs, "speedups", "routing"]:
-        print(f"{name}: {result[name]}", flush=True)
+        out["routing"]["held_out_sources"] = routing(rows, truth, keep)
+    for name, value in out.items():
+        result[f"{prefix}{name}"] = value
+        print(f"{prefix}{name}: {value}", flush=True)
+
+
+def build_scans(archive: Path, truth: dict[str, str], folder: Path, count: int) -> dict[str, str]:
+    """Scan-sized copies (A4 at 300 dpi, 2480 x 3508, JPEG q90) of ``count`` files of the
+    mixed folder, half photos (the noisy ones among them stay noisy), half other kinds."""
+    photos = [p for p, t in sorted(truth.items()) if t == "Photo"][::7][: count // 2]
+    others = [p for p, t in sorted(truth.items()) if t != "Photo"][::23][: count - len(photos)]
+    out: dict[str, str] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in photos + others:
+        target = folder / f"{Path(path).parent.name}-{Path(path).stem}.jpg"
+        if not target.is_file():
+            image = load_image(path)
+            size = (3508, 2480) if image.width >= image.height else (2480, 3508)
+            image.resize(size, Image.BICUBIC).save(target, quality=90)
+        out[str(target.absolute())] = truth[path]
+    return out
 
 
 def main() -> None:
@@ -489,12 +512,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the throughput runs")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--every", type=int, default=1, help="a smaller folder, for a try run")
+    parser.add_argument("--scans", type=int, default=40, help="files of the scan-sized folder")
     parser.add_argument(
-        "--only", nargs="*", default=[], help="sections: throughput quality catalogue "
+        "--only", nargs="*", default=[], help="sections: throughput scans quality catalogue "
         "(default: all)"
     )  # fmt: skip
     args = parser.parse_args()
-    sections = set(args.only or ["throughput", "quality", "catalogue"])
+    sections = set(args.only or ["throughput", "scans", "quality", "catalogue"])
     manifest = Manifest.load(args.manifest)
     result: dict[str, Any] = (
         json.loads(args.output.read_text()) if args.output.is_file() and args.only else {}
@@ -519,6 +543,11 @@ def main() -> None:
     models = load_models(args)
     if "throughput" in sections:
         throughput(args, models, archive, files, truth, result)
+        save()
+    if "scans" in sections:
+        scans = build_scans(archive, truth, args.work / "scans", args.scans)
+        print(f"scans: {len(scans)} files of 2480 x 3508 px", flush=True)
+        throughput(args, models, args.work / "scans", sorted(scans), scans, result, "scans_")
         save()
     if "quality" in sections:
         print("caption quality through the chain:", flush=True)
