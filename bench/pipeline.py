@@ -20,8 +20,9 @@ Throughput, each over the whole folder unless said:
 - ``seed-style loop``: one image at a time through each model (classifier, then denoiser at
   full resolution and captioner for photos), over an evenly spaced subset (``--loop-images``);
 - ``bound``: the backbone's and the denoiser's raw forward passes on the same images (already
-  decoded and resized, batches of 32): the backbone over every image, and for the photos the
-  pipeline routed, the denoiser at 224 px and the backbone again on the denoised pixels.
+  decoded and resized, in the pipeline's passes of 8 images): the backbone over every image,
+  and for the photos the pipeline routed, the denoiser at 224 px and the backbone again on
+  the denoised pixels.
 
 All of them run in ``--repeats`` interleaved rounds (a busy spell of a shared machine then hits
 each of them), and the fastest run of each is reported, with the CPU seconds it used (this
@@ -66,7 +67,7 @@ from captioner.fileio import atomic_write_json
 from captioner.metrics import compute_metrics
 from captioner.model.captioner import Captioner
 from captioner.pipeline.catalogue import Catalogue
-from captioner.pipeline.chain import Pipeline, resized_pixels
+from captioner.pipeline.chain import CPU_FORWARD_BATCH, Pipeline, resized_pixels
 from captioner.pipeline.page import write_review_page
 from captioner.pipeline.run import run_archive
 from captioner.pipeline.settings import PipelineSettings
@@ -204,8 +205,8 @@ def bound(models: tuple[Any, Any, Any], paths: list[Path], routed: set[str]) -> 
 
     def run(fn: Any, data: torch.Tensor) -> float:
         started = time.perf_counter()
-        for start in range(0, len(data), 32):
-            fn(data[start : start + 32])
+        for start in range(0, len(data), CPU_FORWARD_BATCH):  # the pipeline's passes on a CPU
+            fn(data[start : start + CPU_FORWARD_BATCH])
         return time.perf_counter() - started
 
     photo_rows = [i for i, p in enumerate(paths) if str(p) in routed]

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 THUMBNAIL_SIDE = 160
 DISPLAY_SIDE = 320  # attention maps are drawn on a copy this large
 STAGES = ("decode", "classify", "denoise", "caption")
+#: Images per forward pass on a CPU: MobileNetV2 and the denoiser run 25-50 % faster per image
+#: at 4-16 than at 32 on a 2-core CPU (docs/BENCHMARKS.md, the pipeline).
+CPU_FORWARD_BATCH = 8
 
 
 @dataclass
@@ -574,7 +577,17 @@ class Pipeline:
             list(backbone.preprocessing.mean),
             list(backbone.preprocessing.std),
         )
-        return backbone(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        step = self.forward_batch
+        return torch.cat([backbone(x[i : i + step]) for i in range(0, len(x), step)])
+
+    @property
+    def forward_batch(self) -> int:
+        """Images per backbone or denoiser pass: a CPU is fastest on a few at a time (their
+        activations stay in its caches), a GPU on the whole batch."""
+        if self.settings.forward_batch is not None:
+            return self.settings.forward_batch
+        return self.settings.batch_size if self.device.type == "cuda" else CPU_FORWARD_BATCH
 
     def _denoise(
         self,
@@ -600,7 +613,13 @@ class Pipeline:
             cleaned = torch.stack([resized_pixels(full[j], side) for j in range(len(routed))])
         elif self.captioner is not None or s.thumbnails:
             small = torch.stack([item.pixels[side] for item in routed]).to(self.device)
-            out_small = self.denoiser.denoise_tensor(small.float().div(255))
+            step = self.forward_batch
+            out_small = torch.cat(
+                [
+                    self.denoiser.denoise_tensor(small[i : i + step].float().div(255))
+                    for i in range(0, len(small), step)
+                ]
+            )
             cleaned = out_small.mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
         seconds = time.perf_counter() - started
         meter.add("denoise", len(routed), seconds)

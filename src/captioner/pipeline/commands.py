@@ -64,7 +64,14 @@ def add_pipeline_parsers(sub: Any) -> None:
         default=None,
         help="write an attention map per captioned image to DIR/attention/",
     )
-    p.add_argument("--batch-size", type=int, help=f"{d('batch_size')}")
+    p.add_argument(
+        "--batch-size", type=int, help=f"files per batch and transaction {d('batch_size')}"
+    )
+    p.add_argument(
+        "--forward-batch",
+        type=int,
+        help="images per model pass (default: 8 on a CPU, the batch size on a GPU)",
+    )
     p.add_argument(
         "--workers", type=int, dest="num_workers", help=f"decoding processes {d('num_workers')}"
     )

@@ -21,7 +21,8 @@ class PipelineSettings:
     attention: bool = False  # write an attention-map PNG per captioned image
     save_denoised: bool = False  # write a full-resolution denoised copy of each denoised file
     thumbnails: bool = True
-    batch_size: int = 32
+    batch_size: int = 32  # files per batch: one transaction, one decoding job
+    forward_batch: int | None = None  # images per model pass; None: 8 on a CPU, batch on a GPU
     num_workers: int = 2
     retry_failed: bool = False  # process again files whose row records an error
 
@@ -30,6 +31,8 @@ class PipelineSettings:
             raise CaptionerError(f"denoise size {self.denoise_size!r}: use 'input' or 'full'")
         if self.batch_size < 1:
             raise CaptionerError(f"batch size {self.batch_size}: must be at least 1")
+        if self.forward_batch is not None and self.forward_batch < 1:
+            raise CaptionerError(f"forward batch {self.forward_batch}: must be at least 1")
         if self.beam_size < 1 or self.max_length < 1:
             raise CaptionerError("beam size and max length must be at least 1")
         if self.photo_threshold is not None and not 0.0 <= self.photo_threshold <= 1.0:
