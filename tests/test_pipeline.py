@@ -131,6 +131,27 @@ def test_denoised_photos_and_outputs(models: dict[str, Path], tmp_path: Path) ->
     assert notes and "denoised" in notes[0]  # trained on clean images, given denoised ones
 
 
+def test_large_jpeg_read_reduced_but_recorded_and_copied_whole(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A scan-sized JPEG is decoded at the scale the models need; its row keeps the file's
+    size and the full-resolution denoised copy is made from the whole picture."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo(300).resize((1400, 1000), Image.Resampling.BICUBIC).save(folder / "photo-big.jpg")
+    classifier, denoiser, captioner = _load(models)
+    settings = PipelineSettings(num_workers=0, save_denoised=True)
+    small = Pipeline(classifier, denoiser, captioner, settings)
+    (result,) = small.run([folder], out=tmp_path / "out")
+    assert (result.width, result.height) == (1400, 1000)
+    assert result.captioned and result.denoised
+    with Image.open(tmp_path / "out" / result.denoised_path) as copy:
+        assert copy.size == (1400, 1000)
+    assert (result.row()["width"], result.row()["height"]) == (1400, 1000)
+
+
 def test_optional_models(models: dict[str, Path], tmp_path: Path) -> None:
     folder = write_mixed_folder(tmp_path / "in", photos=1, pages=1)
     classifier, _, captioner = _load(models)

@@ -91,6 +91,29 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert load_image(path).size == (20, 40)
 
 
+def test_large_jpeg_decoded_reduced_to_what_is_needed(tmp_path: Path) -> None:
+    smooth = Image.linear_gradient("L").resize((1000, 600)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(smooth, tmp_path / "big.jpg", quality=95, exif=exif.tobytes())
+    whole = load_image(path)
+    reduced = load_image(path, at_least=224)
+    assert whole.size == (600, 1000) and images.full_size(whole) == (600, 1000)
+    assert reduced.size == (300, 500)  # 1/2 scale: the largest still >= 224 on both sides
+    assert images.full_size(reduced) == (600, 1000)
+    # the same picture, only smaller: resized to 224 px the two agree to a few levels
+    a = np.asarray(whole.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.int16)
+    b = np.asarray(reduced.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.int16)
+    assert np.abs(a - b).mean() < 2.0
+    png = _save(smooth, tmp_path / "big.png")
+    assert load_image(png, at_least=224).size == (1000, 600)  # only JPEGs scale in decoding
+    data = path.read_bytes()
+    cut = tmp_path / "cut-big.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        load_image(cut, at_least=64)
+
+
 def test_one_pixel(tmp_path: Path) -> None:
     _assert_rgb(load_image(_save(Image.new("RGB", (1, 1), 3), tmp_path / "one.png")), (1, 1))
 

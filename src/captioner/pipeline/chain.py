@@ -40,7 +40,7 @@ from captioner.pipeline.catalogue import COLUMNS, TIMING_COLUMNS, Catalogue, Sto
 from captioner.pipeline.settings import PipelineSettings
 from captioner.pipeline.walk import NotWalked, WalkedFile, display_path, walk_inputs
 from captioner.vision.backbones import Backbone
-from captioner.vision.images import load_image, load_image_bytes
+from captioner.vision.images import full_size, load_image, load_image_bytes
 
 if TYPE_CHECKING:
     from captioner.denoise.denoiser import Denoiser
@@ -146,6 +146,10 @@ class _DecodeFiles(Dataset[_Decoded]):
         self.sides = tuple(sides)
         self.thumbnail = thumbnail
         self.display = display
+        # the most pixels any later use reads: large JPEGs are decoded reduced to it
+        self.largest_side = max(
+            *self.sides, THUMBNAIL_SIDE if thumbnail else 0, DISPLAY_SIDE if display else 0
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -166,11 +170,11 @@ class _DecodeFiles(Dataset[_Decoded]):
         else:
             out.sha256 = hashlib.sha256(data).hexdigest()
             try:
-                image = load_image_bytes(data, str(path))
+                image = load_image_bytes(data, str(path), at_least=self.largest_side)
             except ImageLoadError as exc:
                 out.error = exc.problem
             else:
-                out.width, out.height = image.size
+                out.width, out.height = full_size(image)
                 out.pixels = {side: resized_pixels(image, side) for side in self.sides}
                 if self.thumbnail:
                     out.thumbnail = _jpeg(_shrunk(image, THUMBNAIL_SIDE))

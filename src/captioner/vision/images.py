@@ -38,15 +38,22 @@ ALLOWED_FORMATS: tuple[str, ...] = (
     "QOI",
 )
 
+_FULL_SIZE = "captioner_full_size"
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WHITE = (255, 255, 255, 255)
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+def load_image(
+    path: str | Path, *, max_pixels: int | None = None, at_least: int | None = None
+) -> Image.Image:
     """Load an image file as RGB; raise ImageLoadError naming the file and the problem.
 
     ``max_pixels`` overrides the module's ``MAX_IMAGE_PIXELS`` (0 disables the limit; Pillow's
-    own hard limit, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies).
+    own hard limit, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies). ``at_least``: the
+    caller only needs this many pixels on each side, so a JPEG at least twice as large is
+    decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled decoding: the whole
+    stream is still read, so truncated files still fail); :func:`full_size` gives the size of
+    the file's picture.
     """
     path = Path(path)
     try:
@@ -54,7 +61,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
         if path.is_dir():
             raise ImageLoadError(path, "is a folder, not an image file")
         with open(path, "rb") as handle:
-            return _decode(handle, path, size, max_pixels)
+            return _decode(handle, path, size, max_pixels, at_least)
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
     except PermissionError:
@@ -63,12 +70,26 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
         raise ImageLoadError(path, f"cannot read the file ({exc.strerror or exc})") from None
 
 
-def load_image_bytes(data: bytes, name: str, *, max_pixels: int | None = None) -> Image.Image:
+def load_image_bytes(
+    data: bytes, name: str, *, max_pixels: int | None = None, at_least: int | None = None
+) -> Image.Image:
     """Decode an uploaded image (``name`` is used in error messages) with load_image's rules."""
-    return _decode(io.BytesIO(data), name, len(data), max_pixels)
+    return _decode(io.BytesIO(data), name, len(data), max_pixels, at_least)
 
 
-def _decode(handle: IO[bytes], label: str | Path, size: int, max_pixels: int | None) -> Image.Image:
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the file's picture, upright, also when it was decoded reduced."""
+    size = image.info.get(_FULL_SIZE)
+    return (int(size[0]), int(size[1])) if size else image.size
+
+
+def _decode(
+    handle: IO[bytes],
+    label: str | Path,
+    size: int,
+    max_pixels: int | None,
+    at_least: int | None = None,
+) -> Image.Image:
     if size == 0:
         raise ImageLoadError(label, "empty file (0 bytes)")
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -96,6 +117,9 @@ def _decode(handle: IO[bytes], label: str | Path, size: int, max_pixels: int | N
                 f"image too large ({width}x{height} = {width * height} pixels, limit {limit}); "
                 "refused as a possible decompression bomb",
             )
+        if at_least and img.format == "JPEG":
+            img.draft(None, (at_least, at_least))
+        reduced = img.size
         try:
             img.load()  # full decode: truncated or corrupt data fails here
         except Exception as exc:
@@ -105,11 +129,15 @@ def _decode(handle: IO[bytes], label: str | Path, size: int, max_pixels: int | N
         except Exception:  # a broken EXIF block must not reject a good picture
             img = img.copy()
         try:
-            return to_rgb(img)
+            rgb = to_rgb(img)
         except Exception as exc:
             raise ImageLoadError(
                 label, f"cannot convert {img.mode} image to RGB ({_describe(exc)})"
             ) from None
+        if reduced != (width, height):
+            turned = rgb.size != reduced  # EXIF orientation swapped the sides
+            rgb.info[_FULL_SIZE] = (height, width) if turned else (width, height)
+        return rgb
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
