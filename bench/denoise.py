@@ -10,7 +10,9 @@ Methods: the noisy input itself, our denoiser, OpenCV ``fastNlMeansDenoisingColo
 ``skimage.restoration.denoise_tv_chambolle``. The two classical methods get their strength
 tuned per sigma on a few images of the ``val`` bucket (not the measured ones), so they are
 compared at their best. Timing: one CPU thread each by default (``--threads``); TV is
-single-threaded numpy anyway. Needs the ``bench`` extra: ``pip install -e .[bench]``.
+single-threaded numpy anyway. ``--size 224``: every clean photo is first resized to 224 x 224
+(antialiased bilinear, as the pipeline feeds the captioner), the resolution the chain denoises
+at. Needs the ``bench`` extra: ``pip install -e .[bench]``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from captioner.denoise.data import list_images, split_images
 from captioner.denoise.denoiser import load_denoiser
@@ -109,14 +112,21 @@ def measure(method: Method, pairs: list) -> dict[str, float]:
     return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "ips": len(pairs) / seconds}
 
 
-def load_sets(images: Path, count: int) -> dict[str, list[np.ndarray]]:
+def load_sets(images: Path, count: int, size: int | None = None) -> dict[str, list[np.ndarray]]:
     files = split_images(list_images(images), "test")[:count]
     sets = {f"{images.parent.name} test ({len(files)})": [_array(f) for f in files]}
     photos = [getattr(skdata, name)() for name in SKIMAGE_PHOTOS]
     sets[f"skimage.data ({len(photos)})"] = [
         np.stack([p] * 3, axis=-1) if p.ndim == 2 else p[..., :3] for p in photos
     ]
-    return sets
+    return {name: [_resized(p, size) for p in pictures] for name, pictures in sets.items()}
+
+
+def _resized(picture: np.ndarray, size: int | None) -> np.ndarray:
+    if not size:
+        return picture
+    resized = Image.fromarray(picture).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def _array(path: Path) -> np.ndarray:
@@ -134,6 +144,7 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads of torch and OpenCV alike (0: theirs)"
     )
+    parser.add_argument("--size", type=int, help="resize the clean photos to SIZE x SIZE first")
     parser.add_argument("--output", type=Path, help="also write the numbers as JSON")
     args = parser.parse_args()
 
@@ -141,12 +152,16 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
     sigmas = [float(s) for s in args.sigmas.split(",")]
-    sets = load_sets(args.images, args.count)
-    tuning = [_array(f) for f in split_images(list_images(args.images), "val")[: args.tune_count]]
+    sets = load_sets(args.images, args.count, args.size)
+    tuning = [
+        _resized(_array(f), args.size)
+        for f in split_images(list_images(args.images), "val")[: args.tune_count]
+    ]
     ours_method = ours(args.model)
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{cv2.getNumThreads()} OpenCV threads; model {args.model}"
+        + (f"; photos resized to {args.size} px" if args.size else "")
     )
     results: list[dict[str, object]] = []
     for sigma in sigmas:

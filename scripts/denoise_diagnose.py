@@ -32,11 +32,11 @@ from captioner.denoise.train import DenoiseTrainConfig, _schedule, evaluate
 
 
 def dead_channels(net: DenoiserNet, noisy: torch.Tensor) -> dict[str, float]:
-    """Share of channels per ReLU that never fire on ``noisy``."""
+    """Share of channels per (leaky) ReLU that are never positive on ``noisy``."""
     fired: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in net.named_modules():
-        if isinstance(module, nn.ReLU):
+        if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
 
             def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
                 seen = (out > 0).any(dim=(0, 2, 3))
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--activation", default=DenoiserConfig.activation)
     parser.add_argument("--set", nargs="*", default=[], help="DenoiseTrainConfig field=value")
     args = parser.parse_args()
     config = DenoiseTrainConfig(images=args.images, out="-", seed=args.seed)
@@ -65,6 +66,7 @@ def main() -> None:
         key, _, value = item.partition("=")
         kind = type(getattr(config, key))
         setattr(config, key, kind(value) if kind is not type(None) else float(value))
+    config.model = {**config.model, "activation": args.activation}
     torch.set_num_threads(args.threads)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -74,7 +76,9 @@ def main() -> None:
     val_pictures, _ = load_pictures(split_images(files, "val")[: config.val_images], 16)
     val = validation_set(val_pictures, mix, config.seed)
     net = DenoiserNet(DenoiserConfig.from_dict(config.model))
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(
+        net.parameters(), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
+    )
     total = config.epochs * config.steps_per_epoch  # the schedule of the full run
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(total, config.warmup_steps, config.min_lr_fraction)

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from denoise_tiny import one_thread, write_images  # noqa: F401
+from safetensors.torch import load_file
 
 from captioner.cli import main
 from captioner.denoise import load_denoiser
 from captioner.denoise.data import split_of
+from captioner.denoise.train import DenoiseTrainConfig, resume_config, train_denoiser
 
 SMALL = ["--widths", "8,16", "--depths", "1,1", "--batch-size", "4", "--patch-size", "32"]
 
@@ -57,3 +60,63 @@ def test_too_few_images_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     args = ["denoise", "train", "--images", str(images), "--out", str(tmp_path / "r"), *SMALL]
     assert main([*args, "--no-progress"]) == 2
     assert "too few images" in capsys.readouterr().err
+
+
+def _tiny_config(images: Path, out: Path, **changes: object) -> DenoiseTrainConfig:
+    settings: dict[str, object] = {
+        "epochs": 3, "steps_per_epoch": 4, "batch_size": 4, "patch_size": 32, "val_images": 4,
+        "progress": False, **changes,
+    }  # fmt: skip
+    config = DenoiseTrainConfig(images=str(images), out=str(out), **settings)  # type: ignore[arg-type]
+    config.model.update(widths=[8, 16], depths=[1, 1])
+    return config
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, 0.0])
+def test_resume_after_a_kill_gives_the_uninterrupted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float
+) -> None:
+    images = tmp_path / "images"
+    write_images(images, 60)
+    whole = train_denoiser(_tiny_config(images, tmp_path / "whole", ema_decay=ema_decay))
+    assert whole.epochs_run == 3
+
+    import captioner.denoise.train as train_module
+
+    real_evaluate = train_module.evaluate
+    calls = {"n": 0}
+
+    def killed_in_epoch_3(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process dies before epoch 3 is recorded
+        return real_evaluate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "evaluate", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_denoiser(_tiny_config(images, tmp_path / "killed", ema_decay=ema_decay))
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    resumed = train_denoiser(resume_config(tmp_path / "killed", progress=False), resume=True)
+    assert resumed.epochs_run == 3
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
+    a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if ema_decay:  # the saved model is the average, not the last step's weights
+        state = load_file(str(tmp_path / "killed" / "checkpoint" / "state.safetensors"))
+        last = {k[len("model.net.") :]: v for k, v in state.items() if k.startswith("model.net.")}
+        assert any(not torch.equal(last[k], a[k]) for k in a)
+
+
+def test_runs_saved_before_the_average_resume_without_one(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    write_images(images, 60)
+    out = tmp_path / "old"
+    config = _tiny_config(images, out, ema_decay=0.0, epochs=1)
+    train_denoiser(config)
+    saved = json.loads((out / "train_config.json").read_text())
+    del saved["ema_decay"]  # as written by earlier versions
+    (out / "train_config.json").write_text(json.dumps(saved))
+    resumed = train_denoiser(resume_config(out, epochs=2, progress=False), resume=True)
+    assert resumed.epochs_run == 2

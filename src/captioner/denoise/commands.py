@@ -27,8 +27,15 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--patience", type=int, help="epochs without a better val PSNR before stopping")
     p.add_argument("--val-images", type=int, help="held-out pictures scored after each epoch")
     p.add_argument("--max-images", type=int, help="use at most N training pictures")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up before the cosine decay")
     p.add_argument(
-        "--max-minutes", type=float, help="start no epoch after this many minutes (25; 0: none)"
+        "--ema-decay", type=float, help="average of the weights that is saved (0.999; 0: none)"
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="start no epoch after this many minutes (default: none; the result then depends "
+        "on the machine's speed)",
     )
     p.add_argument(
         "--noise",
@@ -38,6 +45,7 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--sigma-max", type=float)
     p.add_argument("--widths", help="channels per U-Net level (default 24,48,96,192)")
     p.add_argument("--depths", help="conv layers per level (default 2,2,3,4)")
+    p.add_argument("--activation", choices=("leaky_relu", "relu"), help="default leaky_relu")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -105,6 +113,8 @@ def _run_train(args: argparse.Namespace) -> int:
                 "batch_size",
                 "patch_size",
                 "learning_rate",
+                "warmup_steps",
+                "ema_decay",
                 "patience",
                 "val_images",
                 "max_images",
@@ -130,6 +140,8 @@ def _run_train(args: argparse.Namespace) -> int:
                     config.model[key] = [int(v) for v in getattr(args, key).split(",")]
                 except ValueError:
                     raise CaptionerError(f"--{key}: comma-separated integers") from None
+        if args.activation:
+            config.model["activation"] = args.activation
     result = train_denoiser(config, resume=args.resume)
     print(
         f"best epoch {result.best_epoch} (val PSNR {result.best_val_psnr:.2f} dB) after "

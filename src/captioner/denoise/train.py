@@ -4,6 +4,10 @@ An epoch is ``steps_per_epoch`` batches of random crops; after each one the mode
 (PSNR/SSIM) on fixed noisy copies of held-out validation pictures, the best model is written
 to ``OUT/model`` and the full state (weights, Adam, schedule, RNGs, history, early stopping)
 to ``OUT/checkpoint`` so that ``--resume`` continues a killed run where it stopped.
+
+With ``ema_decay`` > 0 an exponential moving average of the weights is kept beside them; it
+is what is scored and saved (the averaged weights sit in a flatter place than the last step's,
+so the result depends less on the last few hundred steps of one run).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from captioner.denoise.corruption import CorruptionMix
@@ -51,13 +57,16 @@ class DenoiseTrainConfig:
     batch_size: int = 16
     patch_size: int = 96
     learning_rate: float = 3e-3
+    adam_beta2: float = 0.999
     warmup_steps: int = 100
     min_lr_fraction: float = 0.02
     clip_grad_norm: float = 1.0
     patience: int = 8
     val_images: int = 32
     max_images: int | None = None
-    max_minutes: float | None = 25.0
+    ema_decay: float = 0.999  # 0: no average, the last step's weights are scored and saved
+    # a time limit makes the result depend on the machine's speed: off unless asked for
+    max_minutes: float | None = None
     noise: str = "gaussian=0.65,jpeg=0.1,salt_pepper=0.1,speckle=0.1,none=0.05"
     sigma_min: float = 5.0
     sigma_max: float = 55.0
@@ -79,6 +88,8 @@ class DenoiseTrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_images"):
             if getattr(self, name) < 1:
                 raise CaptionerError(f"{name} must be at least 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise CaptionerError("--ema-decay must be in [0, 1)")
         try:
             sizes = DenoiserConfig.from_dict(self.model)
         except (TypeError, ValueError) as exc:
@@ -131,7 +142,15 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
 
     device = torch.device(config.device)
     net = DenoiserNet(DenoiserConfig.from_dict(config.model)).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    ema = _averaged(net, config.ema_decay)
+    scored = ema.module if ema is not None else net  # what is evaluated and saved
+    # the training state holds the average too; without one it keeps its old layout
+    state_model: torch.nn.Module = (
+        torch.nn.ModuleDict({"net": net, "ema": ema}) if ema is not None else net
+    )
+    optimizer = torch.optim.Adam(
+        net.parameters(), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
+    )
     total = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(total, config.warmup_steps, config.min_lr_fraction)
@@ -141,7 +160,7 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
     history: list[dict[str, Any]] = []
     epoch, elapsed = 0, 0.0
     if resume and has_training_state(state_dir):
-        progress = load_training_state(state_dir, net, optimizer, scheduler)
+        progress = load_training_state(state_dir, state_model, optimizer, scheduler)
         epoch, elapsed, history = progress["epoch"], progress["seconds"], progress["history"]
         stopper.load_state_dict(progress["early_stopping"])
         rng.bit_generator.state = progress["rng"]
@@ -164,8 +183,10 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
             stopped = "time limit"
             break
         epoch += 1
-        loss = _train_epoch(net, optimizer, scheduler, pictures, mix, rng, config, epoch, device)
-        scores = evaluate(net, val, device)
+        loss = _train_epoch(
+            net, ema, optimizer, scheduler, pictures, mix, rng, config, epoch, device
+        )
+        scores = evaluate(scored, val, device)
         record = {
             "epoch": epoch,
             "train_l1": loss,
@@ -176,10 +197,10 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
         history.append(record)
         improved = stopper.update(scores["val_psnr"], epoch)
         if improved:
-            save_denoiser(net, model_dir, _summary(config, history, stopper, len(pictures)))
+            save_denoiser(scored, model_dir, _summary(config, history, stopper, len(pictures)))
         save_training_state(
             state_dir,
-            net,
+            state_model,
             optimizer,
             scheduler,
             {
@@ -219,8 +240,24 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
     )
 
 
+def _averaged(net: DenoiserNet, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``net``'s weights. Its decay ramps up as
+    ``(1 + n) / (10 + n)`` (n: updates so far) to ``decay``, so that a short run's average
+    is not still the initial weights."""
+    if decay <= 0:
+        return None
+
+    def update(average: Tensor, current: Tensor, updates: Tensor) -> Tensor:
+        n = float(updates)
+        rate = min(decay, (1.0 + n) / (10.0 + n))
+        return average + (current - average) * (1.0 - rate)
+
+    return AveragedModel(net, avg_fn=update, use_buffers=True)
+
+
 def _train_epoch(
     net: DenoiserNet,
+    ema: AveragedModel | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     pictures: list[np.ndarray],
@@ -249,6 +286,8 @@ def _train_epoch(
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_grad_norm)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(net)
         total += float(loss.detach())
         if step % 10 == 0:
             bar.set_postfix(l1=f"{total / (step + 1):.4f}")
@@ -302,6 +341,7 @@ def _summary(
         "corruption": config.mix().describe(),
         "patch_size": config.patch_size,
         "batch_size": config.batch_size,
+        "ema_decay": config.ema_decay,
         "steps": len(history) * config.steps_per_epoch,
         "best_epoch": stopper.best_epoch,
         "epochs_run": len(history),
@@ -338,6 +378,7 @@ def resume_config(
     path = Path(out) / "train_config.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
+        saved.setdefault("ema_decay", 0.0)  # runs started before the average existed
         config = DenoiseTrainConfig(**saved)
     except FileNotFoundError:
         raise CaptionerError(f"{out}: nothing to resume (no train_config.json)") from None
