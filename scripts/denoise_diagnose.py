@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from captioner.denoise.data import (
     list_images,
@@ -29,26 +28,6 @@ from captioner.denoise.data import (
 )
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
 from captioner.denoise.train import DenoiseTrainConfig, _schedule, evaluate
-
-
-def dead_channels(net: DenoiserNet, noisy: torch.Tensor) -> dict[str, float]:
-    """Share of channels per (leaky) ReLU that are never positive on ``noisy``."""
-    fired: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in net.named_modules():
-        if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
-
-            def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
-                seen = (out > 0).any(dim=(0, 2, 3))
-                fired[name] = fired[name] | seen if name in fired else seen
-
-            hooks.append(module.register_forward_hook(hook))
-    with torch.inference_mode():
-        for start in range(0, len(noisy), 8):
-            net(noisy[start : start + 8])
-    for h in hooks:
-        h.remove()
-    return {name: round(1.0 - float(f.float().mean()), 3) for name, f in fired.items()}
 
 
 def main() -> None:
@@ -101,7 +80,7 @@ def main() -> None:
             scheduler.step()
             steps.append({"loss": round(float(loss), 5), "grad_norm": round(float(norm), 4)})
         scores = evaluate(net, val, torch.device("cpu"))
-        dead = dead_channels(net, val["mix"][0])
+        dead = net.inactive_channels(val["mix"][0])
         recent = steps[-config.steps_per_epoch :]
         record = {
             "epoch": epoch,

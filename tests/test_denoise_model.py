@@ -22,23 +22,26 @@ def test_any_size_keeps_its_shape(size: tuple[int, int]) -> None:
         assert net(x).shape == x.shape
 
 
-@pytest.mark.parametrize("activation", ["leaky_relu", "relu"])
-def test_starts_close_to_the_identity(activation: str) -> None:
+@pytest.mark.parametrize(("activation", "residual"), [("leaky_relu", True), ("relu", False)])
+def test_starts_close_to_the_identity(activation: str, residual: bool) -> None:
     torch.manual_seed(0)
-    net = DenoiserNet(DenoiserConfig(activation=activation)).eval()
+    net = DenoiserNet(DenoiserConfig(activation=activation, residual=residual)).eval()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         change = (net(x) - x).abs()
     assert change.mean() < 0.03 and change.max() < 0.15  # a random net would change everything
 
 
-def test_models_saved_before_the_activation_setting_are_relu_models() -> None:
-    saved = DenoiserConfig(widths=(8, 16), depths=(1, 1), activation="relu").to_dict()
-    del saved["activation"]
-    assert DenoiserConfig.from_dict(saved).activation == "relu"
-    assert DenoiserConfig().activation == "leaky_relu"
+def test_models_saved_before_these_settings_are_plain_relu_models() -> None:
+    old = DenoiserConfig(widths=(8, 16), depths=(1, 1), activation="relu", residual=False)
+    saved = old.to_dict()
+    del saved["activation"], saved["residual"]
+    assert DenoiserConfig.from_dict(saved) == old
+    assert DenoiserConfig().activation == "leaky_relu" and DenoiserConfig().residual
     net = DenoiserNet(DenoiserConfig.from_dict(saved))
     assert any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+    # the same weights layout as before: an old model's state loads strictly
+    assert all(".scale" not in name for name in net.state_dict())
     with pytest.raises(ValueError, match="unknown activation"):
         DenoiserConfig(activation="gelu")
 

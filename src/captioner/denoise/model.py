@@ -13,6 +13,7 @@ cropped back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,10 @@ class DenoiserConfig:
     # died depended on rounding (1 or 2 threads), so the same run ended 1.4 dB apart.
     # Models saved without this key are ReLU models.
     activation: str = "leaky_relu"
+    # Each conv of a level as a residual branch ``x + a * conv(act(x))`` with ``a`` learned
+    # from 0 (SkipInit): the deepest path of the plain U (about 25 convs, no normalisation)
+    # blows up under Adam. Models saved without this key are plain.
+    residual: bool = True
 
     def __post_init__(self) -> None:
         if not self.widths or len(self.widths) != len(self.depths):
@@ -48,6 +53,7 @@ class DenoiserConfig:
             "depths": list(self.depths),
             "in_channels": self.in_channels,
             "activation": self.activation,
+            "residual": self.residual,
         }
 
     @classmethod
@@ -60,6 +66,7 @@ class DenoiserConfig:
             depths=tuple(int(d) for d in data.get("depths", cls.depths)),  # type: ignore[attr-defined]
             in_channels=int(data.get("in_channels", 3)),  # type: ignore[call-overload]
             activation=str(data.get("activation", "relu")),
+            residual=bool(data.get("residual", False)),
         )
 
 
@@ -71,10 +78,28 @@ def _activation(name: str) -> nn.Module:
     return nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if name == "leaky_relu" else nn.ReLU(True)
 
 
-def _convs(channels: int, count: int, activation: str) -> nn.Sequential:
+class _ResidualConv(nn.Module):
+    """``x + a * conv(act(x))``; ``a`` starts at 0, so the block starts as the identity."""
+
+    def __init__(self, channels: int, activation: str) -> None:
+        super().__init__()
+        self.act = (
+            nn.LeakyReLU(LEAKY_SLOPE) if activation == "leaky_relu" else nn.ReLU()
+        )  # not in place: x is needed for the sum
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.scale * self.conv(self.act(x))
+
+
+def _convs(channels: int, count: int, activation: str, residual: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(count):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), _activation(activation)]
+        if residual:
+            layers.append(_ResidualConv(channels, activation))
+        else:
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), _activation(activation)]
     return nn.Sequential(*layers)
 
 
@@ -89,19 +114,21 @@ class DenoiserNet(nn.Module):
         self.multiple = 2 ** len(widths)  # pixel unshuffle, then one halving per extra level
         self.head = nn.Sequential(nn.Conv2d(4 * c, widths[0], 3, padding=1), _activation(act))
         self.encoders = nn.ModuleList(
-            _convs(w, d, act) for w, d in zip(widths[:-1], depths[:-1], strict=True)
+            _convs(w, d, act, config.residual)
+            for w, d in zip(widths[:-1], depths[:-1], strict=True)
         )
         self.downs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), _activation(act))
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
-        self.bottom = _convs(widths[-1], depths[-1], act)
+        self.bottom = _convs(widths[-1], depths[-1], act, config.residual)
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(b, 4 * a, 1), nn.PixelShuffle(2))
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.decoders = nn.ModuleList(
-            _convs(w, d, act) for w, d in zip(widths[:-1], depths[:-1], strict=True)
+            _convs(w, d, act, config.residual)
+            for w, d in zip(widths[:-1], depths[:-1], strict=True)
         )
         self.tail = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
         # A linear path from the input to the noise estimate: a learned high-pass filter.
@@ -135,6 +162,33 @@ class DenoiserNet(nn.Module):
             h = self.decoders[i](self.ups[i](h) + skips[i])
         noise = F.pixel_shuffle(self.tail(h) + self.linear(folded), 2)
         return noisy - noise[..., :height, :width]
+
+    @torch.no_grad()
+    def inactive_channels(self, noisy: Tensor, batch: int = 8) -> dict[str, float]:
+        """Per activation layer, the share of its channels that are never positive on
+        ``noisy``: dead units for ReLUs (no gradient ever reaches them again), units stuck on
+        the small negative slope for leaky ReLUs. A healthy run keeps these low."""
+        fired: dict[str, Tensor] = {}
+
+        def hook(name: str) -> Any:
+            def record(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+                seen = (output > 0).flatten(2).any(dim=2).any(dim=0)
+                fired[name] = fired[name] | seen if name in fired else seen
+
+            return record
+
+        layers = [(n, m) for n, m in self.named_modules() if isinstance(m, nn.ReLU | nn.LeakyReLU)]
+        hooks = [module.register_forward_hook(hook(name)) for name, module in layers]
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(noisy), batch):
+                self(noisy[start : start + batch])
+        finally:
+            for handle in hooks:
+                handle.remove()
+            self.train(was_training)
+        return {name: round(1.0 - float(f.float().mean()), 4) for name, f in fired.items()}
 
     def macs_per_pixel(self) -> float:
         """Multiply-accumulates of one forward pass per input pixel (measured on 64x64)."""

@@ -187,10 +187,13 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
             net, ema, optimizer, scheduler, pictures, mix, rng, config, epoch, device
         )
         scores = evaluate(scored, val, device)
+        inactive = net.inactive_channels(val["mix"][0].to(device))
         record = {
             "epoch": epoch,
             "train_l1": loss,
             **scores,
+            # channels of the trained weights never positive on validation (dead ReLUs)
+            "inactive_channels": round(sum(inactive.values()) / max(len(inactive), 1), 4),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -220,7 +223,8 @@ def train_denoiser(config: DenoiseTrainConfig, resume: bool = False) -> DenoiseT
         say(
             config.progress,
             f"epoch {epoch}: train L1 {loss:.4f}, val PSNR {scores['val_psnr']:.2f} dB "
-            f"SSIM {scores['val_ssim']:.4f}, sigma 25 PSNR {scores['val_sigma25_psnr']:.2f} dB "
+            f"SSIM {scores['val_ssim']:.4f}, sigma 25 PSNR {scores['val_sigma25_psnr']:.2f} dB, "
+            f"inactive channels {record['inactive_channels']:.0%} "
             f"({record['seconds']:.0f} s){' *' if improved else ''}",
         )
     if writer is not None:
