@@ -19,8 +19,8 @@ import torch
 
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
+from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig
-from captioner.training.distributed import DistContext
 from captioner.training.precision import CompiledForward, Precision
 from captioner.training.steps import train_step
 

@@ -14,11 +14,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Layer of each top-level module or package of captioner (lower = more basic).
 LAYERS: dict[str, int] = {
-    "errors": 0, "fileio": 0, "runlog": 0, "cliargs": 0, "viz": 0,
-    "vision": 1,
+    "errors": 0, "fileio": 0, "runlog": 0, "cliargs": 0, "runtime": 0,
+    "vision": 1, "viz": 1,  # plots draw pictures that vision loads
     "data": 2,
     "features": 3,
-    "doctype": 4, "denoise": 4, "model": 4, "decoding": 4, "metrics": 4,
+    "doctype": 4, "denoise": 4, "model": 4, "metrics": 4,
     "training": 5, "evaluation": 5, "report": 5,
     "demo": 6, "serve": 6, "pipeline": 6, "commands": 7, "cli": 7,
     "__init__": 8,  # the package's API re-exports every layer (its __version__ is free to all)

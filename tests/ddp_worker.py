@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
-from captioner.training import distributed
+from captioner.runtime import distributed
 from captioner.training.config import TrainConfig
 from captioner.training.precision import Precision
 from captioner.training.steps import train_step

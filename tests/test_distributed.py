@@ -27,10 +27,10 @@ from captioner.features.cache import FeatureCache
 from captioner.features.extract import extract_split
 from captioner.features.sharded import RankCache
 from captioner.model.captioner import Captioner
-from captioner.training import distributed
+from captioner.runtime import distributed
+from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig
 from captioner.training.data import pair_captions
-from captioner.training.distributed import DistContext
 from captioner.training.precision import Precision
 from captioner.training.steps import evaluate_loss, train_step
 from captioner.training.trainer import _loader, train

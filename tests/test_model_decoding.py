@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
-from captioner.decoding import beam_search, greedy_decode, sample_decode
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
+from captioner.model.decoding import beam_search, greedy_decode, sample_decode
 from captioner.model.losses import caption_loss
 
 

@@ -14,7 +14,7 @@ from pipeline_support import build_models, pipeline_args, write_mixed_folder
 
 from captioner.cli import main
 from captioner.pipeline.catalogue import TIMING_COLUMNS, Catalogue, shard_path
-from captioner.training import distributed
+from captioner.runtime import distributed
 from captioner.vision.backbones import offline_mobilenet_weights
 
 TESTS = Path(__file__).resolve().parent

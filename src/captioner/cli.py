@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry_point() -> NoReturn:
     """The ``captioner`` command: ``main``, then exit with its code."""
     code = main()
-    distributed = sys.modules.get("captioner.training.distributed")
+    distributed = sys.modules.get("captioner.runtime.distributed")
     if distributed is not None and distributed.group_ended():
         sys.stdout.flush()
         sys.stderr.flush()

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 
 from captioner.errors import CaptionerError
 
@@ -35,8 +34,8 @@ def run_extract(args: argparse.Namespace) -> int:
     from captioner.data.manifest import Manifest
     from captioner.denoise.commands import load_for_pipeline
     from captioner.features.extract import extract_manifest
-    from captioner.training.distributed import is_main_process
-    from captioner.training.trainer import resolve_device
+    from captioner.runtime import resolve_device
+    from captioner.runtime.distributed import is_main_process
 
     manifest = Manifest.load(args.manifest)
     splits = args.splits.split(",") if args.splits else None
@@ -74,8 +73,8 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from captioner.runtime.distributed import is_main_process
     from captioner.training.config import TrainConfig
-    from captioner.training.distributed import is_main_process
     from captioner.training.trainer import train
 
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
@@ -142,7 +141,7 @@ def run_scst(args: argparse.Namespace) -> int:
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.denoise.commands import load_for_pipeline
     from captioner.model.captioner import Captioner, image_transform_note
-    from captioner.training.trainer import resolve_device
+    from captioner.runtime import resolve_device
     from captioner.vision.images import expand_image_paths
 
     images = expand_image_paths(args.inputs)
@@ -192,35 +191,14 @@ def run_caption(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if args.attention_dir:
+        from captioner.viz import write_attention_maps
+
         write_attention_maps(results, args.attention_dir)
         print(f"attention maps written to {args.attention_dir}", file=sys.stderr)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"skipped {r.error}", file=sys.stderr)
     return 1 if failed and len(failed) == len(results) else 0
-
-
-def write_attention_maps(results: list, folder: Path) -> list[Path]:
-    from captioner.vision.images import load_image
-    from captioner.viz import plot_attention
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, result in enumerate(results):
-        if result.error or result.source is None:
-            continue
-        name = f"{index:04d}_{Path(result.source).stem}.png"
-        written.append(
-            plot_attention(
-                load_image(result.source),
-                result.tokens,
-                result.attention,
-                result.grid,
-                folder / name,
-                title=result.caption,
-            )
-        )
-    return written
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -231,7 +209,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from captioner.fileio import atomic_write_json
     from captioner.metrics import compute_metrics, format_table
     from captioner.model.captioner import Captioner, DecodeSettings
-    from captioner.training.trainer import resolve_device
+    from captioner.runtime import resolve_device
 
     started = time.perf_counter()
     captioner = Captioner.from_pretrained_ensemble(
@@ -317,7 +295,7 @@ def run_report(args: argparse.Namespace) -> int:
     from captioner.data.manifest import Manifest
     from captioner.model.captioner import Captioner, DecodeSettings
     from captioner.report import write_report
-    from captioner.training.trainer import resolve_device
+    from captioner.runtime import resolve_device
 
     captioner = Captioner.from_pretrained_ensemble(
         args.model, device=resolve_device(args.device), backbone_weights=None

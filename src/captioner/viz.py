@@ -180,3 +180,27 @@ def plot_confusion(
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(out_path))
+
+
+def write_attention_maps(results: list[Any], folder: Path) -> list[Path]:
+    """One attention PNG per captioned result (``Captioner.caption`` results with attention),
+    named ``NNNN_<stem>.png``; results with an error or no source file are skipped."""
+    from captioner.vision.images import load_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, result in enumerate(results):
+        if result.error or result.source is None:
+            continue
+        name = f"{index:04d}_{Path(result.source).stem}.png"
+        written.append(
+            plot_attention(
+                load_image(result.source),
+                result.tokens,
+                result.attention,
+                result.grid,
+                folder / name,
+                title=result.caption,
+            )
+        )
+    return written

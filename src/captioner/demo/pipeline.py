@@ -12,7 +12,6 @@ import shutil
 import time
 from pathlib import Path
 
-from captioner.commands import write_attention_maps
 from captioner.data.prepare import format_summary, prepare_dataset
 from captioner.demo.shapes import generate_shapes_dataset
 from captioner.evaluation import caption_split
@@ -22,6 +21,7 @@ from captioner.metrics import compute_metrics, exact_match_rate
 from captioner.model.captioner import Captioner, DecodeSettings
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
+from captioner.viz import write_attention_maps
 
 
 def run_demo(

@@ -27,7 +27,7 @@ from captioner.features.sharded import (
     merge_rank_shards,
     open_shared,
 )
-from captioner.training import distributed
+from captioner.runtime import distributed
 from captioner.vision.backbones import Backbone, load_backbone
 from captioner.vision.images import load_image
 

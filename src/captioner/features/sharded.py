@@ -23,8 +23,8 @@ import torch
 from captioner.errors import CaptionerError
 from captioner.features.cache import FAILED, PENDING, FeatureCache
 from captioner.fileio import atomic_write_bytes, atomic_write_json
-from captioner.training import distributed
-from captioner.training.distributed import DistContext
+from captioner.runtime import distributed
+from captioner.runtime.distributed import DistContext
 
 _SHARD = re.compile(r"status\.rank(\d+)of(\d+)\.npy")
 

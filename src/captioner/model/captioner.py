@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 
 from captioner.data.vocabulary import Vocabulary
-from captioner.decoding import Hypothesis, beam_search, greedy_decode, sample_decode
 from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
 from captioner.fileio import (
     atomic_save_safetensors,
@@ -30,6 +29,7 @@ from captioner.fileio import (
 )
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
+from captioner.model.decoding import Hypothesis, beam_search, greedy_decode, sample_decode
 
 FORMAT = "captioner-model"
 VERSION = 1

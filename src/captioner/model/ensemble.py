@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from captioner.decoding import allowed_logits
 from captioner.errors import CaptionerError
 from captioner.model.decoder import EncodedImages, ShowAttendTell
+from captioner.model.decoding import allowed_logits
 
 
 class EnsembleEncoded:

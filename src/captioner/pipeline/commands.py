@@ -174,13 +174,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     from captioner.pipeline.chain import Pipeline
     from captioner.pipeline.run import describe, run_archive
-    from captioner.training import distributed
+    from captioner.runtime import distributed
 
     settings = _settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
-        from captioner.training.trainer import resolve_device
+        from captioner.runtime import resolve_device
 
         args.device = str(resolve_device("auto"))
     ctx, device = distributed.setup(torch.device(args.device))

@@ -18,8 +18,8 @@ from captioner.errors import CaptionerError
 from captioner.pipeline.catalogue import FILE, Catalogue, set_aside, shard_path
 from captioner.pipeline.chain import FileResult, Pipeline, not_walked_result, plan_batches
 from captioner.pipeline.walk import Walk, WalkedFile, display_path, walk_inputs
-from captioner.training import distributed
-from captioner.training.distributed import DistContext
+from captioner.runtime import distributed
+from captioner.runtime.distributed import DistContext
 
 
 @dataclass

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +34,7 @@ from captioner.serve.schemas import (
     HealthResponse,
     ModelResponse,
     Sample,
+    ServeSettings,
 )
 from captioner.serve.uploads import decode_upload, read_uploads
 from captioner.serve.worker import (
@@ -110,29 +111,6 @@ async def refuse_empty_options(request: Request, names: tuple[str, ...]) -> None
     if empty:
         problems = "; ".join(f"{name}: empty (leave it out for the default)" for name in empty)
         raise ApiError(422, "invalid_request", problems)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Limits and knobs of the service (``captioner serve`` options map onto these)."""
-
-    max_upload_bytes: int = 10 * 2**20  # per image file
-    max_images: int = 8  # per request
-    max_pixels: int = 40_000_000  # decoded size; above it an image is a possible bomb
-    max_side: int = 1024  # decoded pictures are shrunk to this before queueing
-    max_beam: int = 10
-    max_length: int = 60
-    max_queue: int = 64  # requests waiting for the model; more get 503
-    max_batch: int = 8  # images per model call
-    batch_wait_s: float = 0.002  # how long a lone request waits for company
-    decode_threads: int = 2  # uploads decoded in parallel
-    request_timeout_s: float = 120.0
-    warm_up: bool = False
-    metrics: dict[str, Any] | None = None  # shown by /v1/model (e.g. an evaluate report)
-
-    @property
-    def max_body_bytes(self) -> int:
-        return self.max_upload_bytes * self.max_images + 64 * 2**10
 
 
 def create_app(

@@ -11,7 +11,7 @@ from captioner.model.captioner import Captioner
 
 if TYPE_CHECKING:
     from captioner.doctype.classifier import DocTypeClassifier
-    from captioner.serve.app import ServeSettings
+    from captioner.serve.schemas import ServeSettings
 
 #: Keys of ``Captioner.info`` whose values are file paths on the server: only the name is shown.
 PATH_KEYS = {"annotations", "images", "manifest", "features", "out"}

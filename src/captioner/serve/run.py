@@ -23,10 +23,10 @@ DEFAULT_MAX_THREADS = 4
 def serve(args: argparse.Namespace) -> int:
     threads = configure_threads(args.threads)
     from captioner.model.captioner import Captioner
+    from captioner.runtime import resolve_device
     from captioner.serve.app import ServeSettings, create_app
     from captioner.serve.denoising import load_denoiser
     from captioner.serve.modelinfo import read_metrics
-    from captioner.training.trainer import resolve_device
 
     for name, value in (("--port", args.port), ("--max-images", args.max_images)):
         if value < (0 if name == "--port" else 1):

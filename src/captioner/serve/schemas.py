@@ -1,10 +1,35 @@
-"""Pydantic models of the JSON the API returns (they also make the OpenAPI schema)."""
+"""The service's settings, and the pydantic models of the JSON the API returns (they also make
+the OpenAPI schema)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and knobs of the service (``captioner serve`` options map onto these)."""
+
+    max_upload_bytes: int = 10 * 2**20  # per image file
+    max_images: int = 8  # per request
+    max_pixels: int = 40_000_000  # decoded size; above it an image is a possible bomb
+    max_side: int = 1024  # decoded pictures are shrunk to this before queueing
+    max_beam: int = 10
+    max_length: int = 60
+    max_queue: int = 64  # requests waiting for the model; more get 503
+    max_batch: int = 8  # images per model call
+    batch_wait_s: float = 0.002  # how long a lone request waits for company
+    decode_threads: int = 2  # uploads decoded in parallel
+    request_timeout_s: float = 120.0
+    warm_up: bool = False
+    metrics: dict[str, Any] | None = None  # shown by /v1/model (e.g. an evaluate report)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_upload_bytes * self.max_images + 64 * 2**10
 
 
 class Timings(BaseModel):

@@ -30,6 +30,7 @@ from captioner.fileio import atomic_write_json
 from captioner.model.captioner import Captioner, DecodeSettings, check_backbone_matches
 from captioner.model.decoder import ShowAttendTell
 from captioner.runlog import say, tensorboard_writer
+from captioner.runtime import resolve_device, seed_everything
 from captioner.training.checkpoint import (
     check_resume,
     check_resumed_settings,
@@ -38,7 +39,6 @@ from captioner.training.checkpoint import (
 )
 from captioner.training.cider_reward import CiderD
 from captioner.training.early_stopping import EarlyStopping
-from captioner.training.trainer import resolve_device, seed_everything
 
 
 @dataclass

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from captioner.data.vocabulary import PAD_ID
 from captioner.model.decoder import ShowAttendTell, TeacherForcingOutput
 from captioner.model.losses import caption_loss
-from captioner.training import distributed
+from captioner.runtime import distributed
+from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig
-from captioner.training.distributed import DistContext
 from captioner.training.precision import Precision
 
 Forward = Callable[[torch.Tensor, torch.Tensor], TeacherForcingOutput]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -39,7 +38,8 @@ from captioner.model.captioner import (
 )
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
-from captioner.training import distributed
+from captioner.runtime import distributed, resolve_device, seed_everything
+from captioner.runtime.distributed import DistContext
 from captioner.training.checkpoint import (
     check_resume,
     check_resumed_settings,
@@ -53,12 +53,11 @@ from captioner.training.data import (
     collate_captions,
     pair_captions,
 )
-from captioner.training.distributed import DistContext
 from captioner.training.early_stopping import EarlyStopping
 from captioner.training.precision import CompiledForward, Precision
 from captioner.training.steps import evaluate_loss, train_epoch
 
-__all__ = ["TrainResult", "evaluate_loss", "resolve_device", "seed_everything", "train"]
+__all__ = ["TrainResult", "evaluate_loss", "train"]
 
 
 @dataclass
@@ -71,18 +70,6 @@ class TrainResult:
     epochs_run: int
     history: list[dict[str, Any]]
     stopped_early: bool
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # Settings a resumed run may change: where things are, how the run is shown, and how long it
