@@ -108,3 +108,26 @@ def live_server(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+SEARCH_ROWS = [
+    ("/archive/a.jpg", "Photo", "a dog runs on a sandy beach"),
+    ("/archive/b.jpg", "Photo", "a dog sleeps on a sofa"),
+    ("/archive/c.jpg", "Photo", "boats in a harbour near a beach"),
+    ("/archive/d.png", "Text", None),
+]
+
+
+def write_search_catalogue(folder: Path, classes: list[str]) -> Path:
+    """A small pipeline catalogue (no models needed): three captioned photos and a text page."""
+    from captioner.pipeline.catalogue import Catalogue
+
+    rows = [
+        {"path": path, "sha256": f"{i:064x}", "size": 100 + i, "kind": kind,
+         "captioned": caption is not None, "caption": caption,
+         "caption_score": 0.5 if caption else None}
+        for i, (path, kind, caption) in enumerate(SEARCH_ROWS)
+    ]  # fmt: skip
+    with Catalogue.open(folder, {"classes": classes, "captioner": "tiny"}) as catalogue:
+        catalogue.write(rows)
+    return folder

@@ -26,7 +26,12 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from serve_support import TINY_CAPTION, build_tiny_captioner, live_server  # noqa: E402
+from serve_support import (  # noqa: E402
+    TINY_CAPTION,
+    build_tiny_captioner,
+    live_server,
+    write_search_catalogue,
+)
 
 from captioner.demo.shapes import render_scene, sample_scene  # noqa: E402
 from captioner.model.captioner import Captioner  # noqa: E402
@@ -117,7 +122,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str 
         expected = None
     else:
         captioner = build_tiny_captioner(tmp_path_factory.mktemp("tiny-model"))
-        app = create_app(captioner, lambda image: image.filter(ImageFilter.MedianFilter(3)))
+        catalogue = write_search_catalogue(tmp_path_factory.mktemp("catalogue"), ["Photo", "Text"])
+        app = create_app(
+            captioner,
+            lambda image: image.filter(ImageFilter.MedianFilter(3)),
+            catalogue=catalogue,
+        )
         expected = TINY_CAPTION
     with live_server(app) as url:
         yield url, expected
@@ -228,3 +238,25 @@ def test_api_docs_render_from_local_files(
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert loaded and all(name.startswith(url) for name in loaded), loaded
+
+
+def test_search_box_lists_the_catalogue_best_first(
+    browser: WebDriver, served: tuple[str, str | None]
+) -> None:
+    url, expected = served
+    if expected is None:
+        pytest.skip("the screenshot model is served without a catalogue")
+    browser.get(url + "/")
+    wait_for(browser, "return !document.getElementById('search-panel').hidden")
+    box = browser.find_element(By.ID, "search-query")
+    box.send_keys("dog on a beach")
+    browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    wait_for(browser, "return document.querySelectorAll('#search-hits li').length === 3")
+    hits = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#search-hits li")]
+    assert hits[0].startswith("a dog runs on a sandy beach") and "/archive/a.jpg" in hits[0]
+    assert "best first" in browser.find_element(By.ID, "search-status").text
+    box.clear()
+    box.send_keys("zebra")
+    browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    wait_for(browser, "return document.getElementById('search-status').textContent.includes('No')")
+    assert browser.find_elements(By.CSS_SELECTOR, "#search-hits li") == []

@@ -36,7 +36,7 @@ from hypothesis import strategies as st  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 from schemathesis.specs.openapi.formats import unregister_string_format  # noqa: E402
-from serve_support import build_tiny_captioner, png_bytes  # noqa: E402
+from serve_support import build_tiny_captioner, png_bytes, write_search_catalogue  # noqa: E402
 
 from captioner.model.captioner import Captioner  # noqa: E402
 from captioner.serve import create_app  # noqa: E402
@@ -107,7 +107,7 @@ def files_validated_as_sent() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", params=["no-denoiser", "denoiser+classifier"])
+@pytest.fixture(scope="module", params=["no-denoiser", "denoiser+classifier+catalogue"])
 def api_schema(
     request: pytest.FixtureRequest,
     captioner: Captioner,
@@ -120,7 +120,8 @@ def api_schema(
     else:  # a classifier that calls every upload Text: answers without a caption are checked too
         folder = tmp_path_factory.mktemp("classifier")
         classifier = biased_classifier(folder, captioner.backbone, favour="Text", margin=1.0)
-        app = create_app(captioner, median, classifier=classifier)
+        catalogue = write_search_catalogue(tmp_path_factory.mktemp("catalogue"), classifier.classes)
+        app = create_app(captioner, median, classifier=classifier, catalogue=catalogue)
     config = schemathesis.Config.from_dict(
         {
             **({"seed": SEED} if LONG_EXAMPLES else {}),

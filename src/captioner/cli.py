@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="document-type classifier (classify train): uploads that are not photos are "
         "said to be so instead of captioned (requests may ask to caption them anyway)",
     )
+    p.add_argument(
+        "--catalogue",
+        type=Path,
+        metavar="DIR",
+        help="a `captioner pipeline` output folder: the page and GET /v1/search search its "
+        "captions",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default ≤ 4)")

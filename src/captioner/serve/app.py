@@ -19,11 +19,11 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BeforeValidator
 
 from captioner.doctype.classifier import DocTypeClassifier
 from captioner.model.captioner import Captioner
 from captioner.serve.errors import ApiError, add_error_handlers, refusals, use_error_model
+from captioner.serve.fields import FormBool
 from captioner.serve.limits import BodyLimitMiddleware
 from captioner.serve.modelinfo import classifier_summary, model_summary
 from captioner.serve.responses import caption_response, classify_response
@@ -91,16 +91,6 @@ SAMPLE_ERRORS = refusals(
 )
 
 
-def form_bool(value: object) -> object:
-    """A boolean form field is ``true`` or ``false`` (any case), as the schema says: not 0 or on."""
-    if not isinstance(value, str):
-        return value
-    if value.lower() not in ("true", "false"):
-        raise ValueError("must be true or false")
-    return value.lower() == "true"
-
-
-FormBool = Annotated[bool, BeforeValidator(form_bool)]
 CAPTION_OPTIONS = ("beam_size", "max_length", "attention", "denoise", "caption_anyway")
 
 
@@ -118,11 +108,13 @@ def create_app(
     denoiser: Denoiser | None = None,
     settings: ServeSettings | None = None,
     classifier: DocTypeClassifier | None = None,
+    catalogue: Path | None = None,
     **overrides: Any,
 ) -> FastAPI:
     """Build the app around a loaded ``captioner`` (and optional denoiser and document-type
     classifier: with one, every upload is classified first, only photos are captioned unless a
-    request says ``caption_anyway``, and ``POST /v1/classify`` is offered).
+    request says ``caption_anyway``, and ``POST /v1/classify`` is offered). With ``catalogue``
+    (a ``captioner pipeline`` output folder) ``GET /v1/search`` searches its captions.
 
     ``overrides`` replace fields of ``settings``, e.g. ``create_app(c, max_upload_bytes=2**20)``.
     The model worker thread starts here and stops with the app's lifespan.
@@ -284,6 +276,11 @@ def create_app(
                 total_ms=(time.perf_counter() - t0) * 1000,
             )
 
+    if catalogue is not None:
+        from captioner.serve.search import add_search
+
+        add_search(app, Path(catalogue))
+
     @app.get("/v1/health", response_model=HealthResponse, summary="Liveness and queue state")
     async def health() -> HealthResponse:
         return HealthResponse(
@@ -294,6 +291,7 @@ def create_app(
             served=worker.served,
             denoiser=denoiser is not None,
             classifier=classifier is not None,
+            catalogue=catalogue is not None,
             device=str(captioner.device),
             threads=torch.get_num_threads(),
         )

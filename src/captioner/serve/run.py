@@ -47,13 +47,14 @@ def serve(args: argparse.Namespace) -> int:
         metrics=read_metrics(args.metrics) if args.metrics else None,
         warm_up=True,
     )
-    app = create_app(captioner, denoiser, settings, classifier=classifier)
+    app = create_app(captioner, denoiser, settings, classifier=classifier, catalogue=args.catalogue)
     import uvicorn
 
     print(
         f"captioner serve: {args.model} on {device} with {threads} threads"
         f"{' + denoiser ' + str(args.denoise) if denoiser else ''}"
-        f"{' + classifier ' + str(args.classifier) if classifier else ''}; "
+        f"{' + classifier ' + str(args.classifier) if classifier else ''}"
+        f"{' + catalogue ' + str(args.catalogue) if args.catalogue else ''}; "
         f"open http://{_url_host(args.host)}:{args.port}/",
         file=sys.stderr,
         flush=True,

@@ -132,8 +132,26 @@ class HealthResponse(BaseModel):
     served: int
     denoiser: bool
     classifier: bool
+    catalogue: bool = Field(False, description="GET /v1/search is offered")
     device: str
     threads: int
+
+
+class SearchHitOut(BaseModel):
+    """One file of the catalogue whose caption matches."""
+
+    rank: int = Field(description="1 for the best match")
+    score: float = Field(description="bm25 relevance, negated so that higher is better")
+    path: str = Field(description="the file, as the pipeline recorded it")
+    kind: str | None = Field(description="the classifier's kind (null without a classifier)")
+    caption: str
+    caption_score: float | None = Field(description="the captioner's confidence")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    catalogue: str = Field(description="the database searched")
+    hits: list[SearchHitOut]
 
 
 class ModelResponse(BaseModel):

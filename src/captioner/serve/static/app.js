@@ -26,6 +26,11 @@ const ui = {
   kind: $("kind"),
   kindText: $("kind-text"),
   captionAnyway: $("caption-anyway"),
+  searchPanel: $("search-panel"),
+  searchForm: $("search-form"),
+  searchQuery: $("search-query"),
+  searchStatus: $("search-status"),
+  searchHits: $("search-hits"),
 };
 
 const state = {
@@ -97,8 +102,53 @@ function init() {
   ui.photo.addEventListener("load", () => requestAnimationFrame(resizeOverlay));
   new ResizeObserver(() => resizeOverlay()).observe(ui.stage);
 
+  ui.searchForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    search(ui.searchQuery.value);
+  });
+
   loadModelInfo();
   loadSamples();
+  loadSearch();
+}
+
+// ------------------------------------------------------------------ catalogue search
+async function loadSearch() {
+  try {
+    const health = await getJson("/v1/health");
+    ui.searchPanel.hidden = !health.catalogue;
+  } catch (error) {
+    ui.searchPanel.hidden = true;
+  }
+}
+
+async function search(text) {
+  const query = text.trim();
+  ui.searchHits.replaceChildren();
+  if (!query) {
+    ui.searchStatus.textContent = "Type some words to search for.";
+    return;
+  }
+  ui.searchStatus.textContent = "Searching…";
+  try {
+    const params = new URLSearchParams({ q: query, limit: "20" });
+    const found = await getJson(`/v1/search?${params}`);
+    ui.searchStatus.textContent = found.hits.length
+      ? `${found.hits.length} best match${found.hits.length === 1 ? "" : "es"}, best first`
+      : `No caption matches “${query}”.`;
+    for (const hit of found.hits) {
+      const item = document.createElement("li");
+      const caption = document.createElement("span");
+      caption.className = "hit-caption";
+      caption.textContent = hit.caption;
+      const where = document.createElement("small");
+      where.textContent = `${hit.path}${hit.kind ? ` · ${hit.kind}` : ""}`;
+      item.append(caption, document.createElement("br"), where);
+      ui.searchHits.append(item);
+    }
+  } catch (error) {
+    ui.searchStatus.textContent = `Search failed: ${error.message}`;
+  }
 }
 
 async function loadModelInfo() {
