@@ -66,11 +66,16 @@ def tv(weight: float) -> Method:
     return run
 
 
-def ours(model: Path) -> Method:
+def ours(model: Path, channels_last: bool = False) -> Method:
     denoiser = load_denoiser(model)
+    if channels_last:
+        denoiser.net.to(memory_format=torch.channels_last)
 
     def run(noisy: np.ndarray) -> np.ndarray:
-        out = denoiser.denoise_array(noisy.astype(np.float32) / 255.0)
+        x = torch.from_numpy(noisy.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = denoiser.denoise_tensor(x)[0].permute(1, 2, 0).numpy()
         return np.rint(out * 255.0).astype(np.uint8)
 
     return run
@@ -158,6 +163,7 @@ def main() -> int:
         for f in split_images(list_images(args.images), "val")[: args.tune_count]
     ]
     ours_method = ours(args.model)
+    ours_nhwc = ours(args.model, channels_last=True)
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{cv2.getNumThreads()} OpenCV threads; model {args.model}"
@@ -171,6 +177,7 @@ def main() -> int:
         methods: dict[str, Method] = {
             "noisy input": lambda n: n,
             "ours": ours_method,
+            "ours, channels-last": ours_nhwc,
             f"OpenCV NLM (h={h:g})": nlm(h),
             f"TV Chambolle (w={weight:g})": tv(weight),
         }
