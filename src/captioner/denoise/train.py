@@ -6,8 +6,8 @@ to ``OUT/model`` and the full state (weights, Adam, schedule, RNGs, history, ear
 to ``OUT/checkpoint`` so that ``--resume`` continues a killed run where it stopped.
 
 With ``ema_decay`` > 0 an exponential moving average of the weights is kept beside them; it
-is what is scored and saved (the averaged weights sit in a flatter place than the last step's,
-so the result depends less on the last few hundred steps of one run).
+is what is scored and saved (an average over roughly the last 1/(1 - decay) steps, so the
+result depends less on where the last step of one run happened to land).
 """
 
 from __future__ import annotations
