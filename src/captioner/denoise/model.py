@@ -74,8 +74,8 @@ LEAKY_SLOPE = 0.1
 ACTIVATIONS = ("leaky_relu", "relu")
 
 
-def _activation(name: str) -> nn.Module:
-    return nn.LeakyReLU(LEAKY_SLOPE, inplace=True) if name == "leaky_relu" else nn.ReLU(True)
+def _activation(name: str, inplace: bool = True) -> nn.Module:
+    return nn.LeakyReLU(LEAKY_SLOPE, inplace) if name == "leaky_relu" else nn.ReLU(inplace)
 
 
 class _ResidualConv(nn.Module):
@@ -83,9 +83,7 @@ class _ResidualConv(nn.Module):
 
     def __init__(self, channels: int, activation: str) -> None:
         super().__init__()
-        self.act = (
-            nn.LeakyReLU(LEAKY_SLOPE) if activation == "leaky_relu" else nn.ReLU()
-        )  # not in place: x is needed for the sum
+        self.act = _activation(activation, inplace=False)  # x is needed for the sum
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.scale = nn.Parameter(torch.zeros(()))
 

@@ -581,9 +581,12 @@ class Pipeline:
             list(backbone.preprocessing.mean),
             list(backbone.preprocessing.std),
         )
-        x = x.contiguous(memory_format=torch.channels_last)
+        return self._in_passes(backbone, x.contiguous(memory_format=torch.channels_last))
+
+    def _in_passes(self, model: Any, x: Tensor) -> Tensor:
+        """``model(x)``, run on ``forward_batch`` images at a time."""
         step = self.forward_batch
-        return torch.cat([backbone(x[i : i + step]) for i in range(0, len(x), step)])
+        return torch.cat([model(x[i : i + step]) for i in range(0, len(x), step)])
 
     @property
     def forward_batch(self) -> int:
@@ -617,13 +620,7 @@ class Pipeline:
             cleaned = torch.stack([resized_pixels(full[j], side) for j in range(len(routed))])
         elif self.captioner is not None or s.thumbnails:
             small = torch.stack([item.pixels[side] for item in routed]).to(self.device)
-            step = self.forward_batch
-            out_small = torch.cat(
-                [
-                    self.denoiser.denoise_tensor(small[i : i + step].float().div(255))
-                    for i in range(0, len(small), step)
-                ]
-            )
+            out_small = self._in_passes(self.denoiser.denoise_tensor, small.float().div(255))
             cleaned = out_small.mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
         seconds = time.perf_counter() - started
         meter.add("denoise", len(routed), seconds)
