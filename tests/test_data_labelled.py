@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from captioner.errors import DatasetError
 
 
 def _folders(root: Path) -> Path:
+    seeds = itertools.count(100)
     for kind, make, groups in (
         ("Photo", photo, {"pacs": 6, "coco": 2}),
         ("Text", text_page, {"sroie": 5, "lept": 3, "tess": 2}),
@@ -21,7 +23,8 @@ def _folders(root: Path) -> Path:
         (root / kind).mkdir(parents=True)
         for group, count in groups.items():
             for i in range(count):
-                make(hash((kind, group, i)) % 10_000).save(root / kind / f"{group}-{i:04d}.jpg")
+                seed = next(seeds)  # one seed per picture: no two alike, the same every run
+                make(seed).save(root / kind / f"{group}-{i:04d}.jpg")
     (root / "Text" / "notes.txt").write_text("not an image")
     return root
 
