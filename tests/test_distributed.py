@@ -122,7 +122,7 @@ def test_torchrun_train_writes_one_run_and_matches_the_single_process_run(
     ]
     done = torchrun(args, cwd=tmp_path)
     assert done.stdout.count("model saved to") == 1  # rank 0 alone reports
-    assert done.stdout.count("epoch 3: train loss") == 1
+    assert done.stdout.count("training epoch 3: train_loss") == 1
     run = Path(reference.out)
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]

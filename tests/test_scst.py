@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from pycocoevalcap.cider.cider import Cider
+from safetensors.torch import load_file
 
 from captioner.cli import main
 from captioner.data.vocabulary import END_ID, PAD_ID
@@ -114,6 +115,37 @@ def test_scst_finetunes_a_trained_model_and_resumes(tmp_path: Path) -> None:
         finetune(ScstConfig(**{**config.__dict__, "samples": 4}), resume=True)
     more = finetune(ScstConfig(**{**config.__dict__, "epochs": 3}), resume=True)
     assert [r["epoch"] for r in more.history] == [0, 1, 2, 3]
+
+
+def test_resumed_scst_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    manifest, features, _ = write_tiny_dataset(tmp_path)
+    trained = train_tiny(manifest, features, tmp_path / "xe", epochs=3)
+
+    def config(out: str, epochs: int) -> ScstConfig:
+        return ScstConfig(
+            model=str(trained), manifest=str(manifest), features=str(features),
+            out=str(tmp_path / out), epochs=epochs, learning_rate=3e-3, samples=3,
+            batch_images=2, max_length=10, eval_beam_size=1, patience=10, progress=False,
+        )  # fmt: skip
+
+    whole = finetune(config("whole", 3))
+    finetune(config("parts", 1))
+    resumed = finetune(config("parts", 3), resume=True)
+    timing = ("seconds", "elapsed")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.history] == [
+        {k: v for k, v in r.items() if k not in timing} for r in whole.history
+    ]
+    # the full training state: weights, Adam's moments, the RNGs
+    state = {
+        n: load_file(str(tmp_path / n / "checkpoint" / "state.safetensors"))
+        for n in ("whole", "parts")
+    }
+    assert state["whole"].keys() == state["parts"].keys()
+    for key, value in state["whole"].items():
+        assert torch.equal(value, state["parts"][key]), key
+    start = load_file(str(trained / "model.safetensors"))
+    last = state["whole"]
+    assert any(not torch.equal(start[k], last[f"model.{k}"]) for k in start)  # it did train
 
 
 def test_scst_cli_refuses_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

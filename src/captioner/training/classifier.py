@@ -37,7 +37,7 @@ from captioner.fileio import atomic_write_json, load_state
 from captioner.runlog import say
 from captioner.training.checkpoint import check_resume
 from captioner.training.classifier_config import MAY_CHANGE, ClassifierTrainConfig
-from captioner.training.loop import LoopSettings, fit
+from captioner.training.loop import EpochTools, LoopSettings, fit
 from captioner.vision.backbones import Backbone, load_backbone
 
 
@@ -296,8 +296,9 @@ class _HeadTask:
             head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.scheduler = None
+        self.device = torch.device("cpu")
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
         self.model.train()
         order = torch.randperm(len(self.train.y))
         total, seen = 0.0, 0
@@ -319,7 +320,7 @@ class _HeadTask:
         return {"train_loss": total / max(seen, 1)}
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
         """Validation NLL after temperature scaling (the selection metric: the raw NLL grows
         with overconfidence long before the ranking of the classes gets worse) and accuracy."""
         self.model.eval()
@@ -334,6 +335,9 @@ class _HeadTask:
             "val_accuracy": float((predicted == self.val.y).float().mean()),
             "val_temperature": temperature,
         }
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        return None
 
     def save_best(self, record: dict[str, Any]) -> None:
         self.classifier.save_pretrained(self.model_dir, {"epoch": record["epoch"]})

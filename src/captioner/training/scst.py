@@ -6,39 +6,31 @@ the mean reward of the other samples of the same image (the leave-one-out baseli
 SCST implementations, which needs no extra greedy decode). The loss is
 ``-(reward - baseline) * log p(caption)`` averaged over the sampled words.
 
-A run folder holds ``scst_config.json``, ``model/`` (best on the validation metric, selected on
-val only), ``checkpoint/`` (last epoch, for ``--resume``), ``history.json`` and ``tensorboard/``.
+It runs as a task of the shared loop (training/loop.py). A run folder holds
+``scst_config.json``, ``model/`` (best on the validation metric, selected on val only; epoch 0
+is the starting model), ``checkpoint/`` (last epoch, for ``--resume``), ``history.json`` and
+``tensorboard/``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from captioner.data.manifest import Manifest
 from captioner.data.text import tokenize
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
 from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
-from captioner.fileio import atomic_write_json
 from captioner.model.captioner import Captioner, DecodeSettings, check_backbone_matches
 from captioner.model.decoder import ShowAttendTell
-from captioner.runlog import say, tensorboard_writer
 from captioner.runtime import resolve_device, seed_everything
-from captioner.training.checkpoint import (
-    check_resume,
-    check_resumed_settings,
-    load_training_state,
-    save_training_state,
-)
 from captioner.training.cider_reward import CiderD
-from captioner.training.early_stopping import EarlyStopping
+from captioner.training.loop import EpochTools, LoopSettings, check_start, fit
 
 
 @dataclass
@@ -130,82 +122,123 @@ RESUME_MAY_CHANGE = {"manifest", "features", "out", "epochs", "patience", "devic
 
 def finetune(config: ScstConfig, resume: bool = False) -> ScstResult:
     run_dir = Path(config.out)
-    state_dir = check_resume(run_dir, resume, "an SCST run")
-    if resume:
-        check_resumed_settings(
-            run_dir / "scst_config.json", asdict(config), RESUME_MAY_CHANGE, "an SCST run"
-        )
+    settings = LoopSettings(
+        epochs=config.epochs,
+        patience=config.patience,
+        progress=config.progress,
+        name="SCST",
+        score_start=True,  # epoch 0: the cross-entropy model, kept unless an epoch beats it
+        settings_file="scst_config.json",
+    )
+    record = asdict(config)
+    check_start(run_dir, settings, record, RESUME_MAY_CHANGE, resume)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
-    start = Captioner.from_pretrained(config.model, device=device, backbone_weights=None)
-    model, vocab = start.model, start.vocab
-    manifest = Manifest.load(Path(config.manifest))
-    cache = FeatureCache.open(Path(config.features) / "train")
-    check_backbone_matches(cache.header, start.backbone_header)
-    images, rows = _training_images(manifest, cache)
-    reward = CiderD({key: [tokenize(c) for c in manifest_caps] for key, manifest_caps in images})
-    keys = [key for key, _ in images]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "scst_config.json", asdict(config))
+    task = ScstTask(config, resolve_device(config.device))
+    result = fit(
+        task, run_dir, settings, record=record, may_change=RESUME_MAY_CHANGE, resume=resume
+    )
+    return ScstResult(run_dir / "model", result.best_epoch, result.best_score, result.history)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    stopper = EarlyStopping(config.patience, 0.0, mode="max")
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    if resume:
-        progress = load_training_state(state_dir, model, optimizer, None)
-        stopper.load_state_dict(progress["early_stopping"])
-        history, start_epoch = progress["history"], progress["epoch"] + 1
-    else:
-        initial = _validation_scores(
-            Captioner(model, vocab, start.backbone_header), manifest, config
-        )
-        stopper.update(initial[config.select_on], 0)
-        history.append({"epoch": 0, **{f"val_{k}": v for k, v in initial.items()}})
-        _save_model(model, vocab, start, initial, 0, run_dir, config)
-        say(config.progress, f"start: val {_describe(initial)}")
-    writer = tensorboard_writer(run_dir / "tensorboard")
 
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stopper.should_stop:
-            break
-        started = time.perf_counter()
+class ScstTask:
+    """Self-critical fine-tuning of a trained captioner on CIDEr-D of its own samples."""
+
+    scheduler = None
+    mode = "max"
+
+    def __init__(self, config: ScstConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.start = Captioner.from_pretrained(config.model, device=device, backbone_weights=None)
+        self.model, self.vocab = self.start.model, self.start.vocab
+        self.manifest = Manifest.load(Path(config.manifest))
+        self.cache = FeatureCache.open(Path(config.features) / "train")
+        check_backbone_matches(self.cache.header, self.start.backbone_header)
+        images, self.rows = _training_images(self.manifest, self.cache)
+        self.reward = CiderD({key: [tokenize(c) for c in captions] for key, captions in images})
+        self.keys = [key for key, _ in images]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.monitor = f"val_{config.select_on}"
+
+    def train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
         order = torch.randperm(
-            len(keys), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)
+            len(self.keys), generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
         ).tolist()
-        mean_reward = _train_epoch(
-            model, vocab, cache, keys, rows, order, reward, optimizer, config, device, epoch
+        return {"train_reward": self._train_epoch(order, epoch, tools)}
+
+    def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
+        from captioner.evaluation import selection_scores
+
+        config = self.config
+        decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_length)
+        captioner = Captioner(self.model, self.vocab, self.start.backbone_header)
+        scores = selection_scores(captioner, self.manifest, Path(config.features), "val", decode)
+        return {f"val_{name}": value for name, value in scores.items()}
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        return None
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        scores = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+        info = dict(self.start.info)
+        info.update(
+            {
+                "scst": {
+                    "epoch": row["epoch"],
+                    "from": str(self.config.model),
+                    "val_scores": scores,
+                },
+                "select_on": self.config.select_on,
+            }
         )
-        scores = _validation_scores(
-            Captioner(model, vocab, start.backbone_header), manifest, config
+        Captioner(self.model, self.vocab, self.start.backbone_header, info).save_pretrained(
+            Path(self.config.out) / "model"
         )
-        seconds = time.perf_counter() - started
-        improved = stopper.update(scores[config.select_on], epoch)
-        if improved:
-            _save_model(model, vocab, start, scores, epoch, run_dir, config)
-        record = {
-            "epoch": epoch,
-            "train_reward": mean_reward,
-            **{f"val_{k}": v for k, v in scores.items()},
-            "seconds": round(seconds, 2),
-        }
-        history.append(record)
-        if writer is not None:
-            writer.add_scalar("scst/train_reward", mean_reward, epoch)
-            for name, value in scores.items():
-                writer.add_scalar(f"metric/val_{name}", value, epoch)
-            writer.flush()
-        progress = {"epoch": epoch, "history": history, "early_stopping": stopper.state_dict()}
-        save_training_state(state_dir, model, optimizer, None, progress)
-        atomic_write_json(run_dir / "history.json", history)
-        say(
-            config.progress,
-            f"epoch {epoch}: reward {mean_reward:.3f}, val {_describe(scores)}"
-            f"{' (best)' if improved else ''}, {seconds:.1f}s",
-        )
-    if writer is not None:
-        writer.close()
-    return ScstResult(run_dir / "model", stopper.best_epoch, float(stopper.best or 0.0), history)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    def _train_epoch(self, order: list[int], epoch: int, tools: EpochTools) -> float:
+        model, config, vocab = self.model, self.config, self.vocab
+        model.train()
+        total, count = 0.0, 0
+        bar = tools.bar(range(0, len(order), config.batch_images), desc=f"scst {epoch}")
+        for begin in bar:
+            batch_keys = [self.keys[i] for i in order[begin : begin + config.batch_images]]
+            feats = np.stack(
+                [
+                    np.asarray(self.cache.features(self.rows[k]), dtype=np.float32)
+                    for k in batch_keys
+                ]
+            )
+            with tools.precision.autocast():
+                ids, log_probs, mask = sample_with_log_probs(
+                    model,
+                    torch.from_numpy(feats).to(self.device),
+                    config.samples,
+                    config.max_length,
+                )
+            sampled = ids.cpu().tolist()
+            rewards = torch.tensor(
+                [
+                    self.reward.score(batch_keys[i // config.samples], caption_words(seq, vocab))
+                    for i, seq in enumerate(sampled)
+                ],
+                device=self.device,
+            )
+            advantage = leave_one_out_advantage(rewards, config.samples)
+            loss = -(advantage.unsqueeze(1) * log_probs * mask).sum() / mask.sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            tools.precision.backward_and_step(
+                loss, self.optimizer, model.parameters, config.grad_clip
+            )
+            total += float(rewards.sum())
+            count += rewards.numel()
+            bar.set_postfix(reward=f"{total / count:.3f}")
+        return total / max(count, 1)
 
 
 def _training_images(
@@ -225,83 +258,3 @@ def _training_images(
     if not images:
         raise CaptionerError("no training image has both features and captions")
     return images, rows
-
-
-def _train_epoch(
-    model: ShowAttendTell,
-    vocab: Vocabulary,
-    cache: FeatureCache,
-    keys: list[str],
-    rows: dict[str, int],
-    order: list[int],
-    reward: CiderD,
-    optimizer: torch.optim.Optimizer,
-    config: ScstConfig,
-    device: torch.device,
-    epoch: int,
-) -> float:
-    model.train()
-    total, count = 0.0, 0
-    batches = range(0, len(order), config.batch_images)
-    bar = tqdm(
-        batches, desc=f"scst {epoch}", unit="batch", disable=not config.progress, leave=False
-    )
-    for begin in bar:
-        batch_keys = [keys[i] for i in order[begin : begin + config.batch_images]]
-        feats = np.stack(
-            [np.asarray(cache.features(rows[k]), dtype=np.float32) for k in batch_keys]
-        )
-        ids, log_probs, mask = sample_with_log_probs(
-            model, torch.from_numpy(feats).to(device), config.samples, config.max_length
-        )
-        sampled = ids.cpu().tolist()
-        rewards = torch.tensor(
-            [
-                reward.score(batch_keys[i // config.samples], caption_words(seq, vocab))
-                for i, seq in enumerate(sampled)
-            ],
-            device=device,
-        )
-        advantage = leave_one_out_advantage(rewards, config.samples)
-        loss = -(advantage.unsqueeze(1) * log_probs * mask).sum() / mask.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        total += float(rewards.sum())
-        count += rewards.numel()
-        bar.set_postfix(reward=f"{total / count:.3f}")
-    return total / max(count, 1)
-
-
-def _validation_scores(
-    captioner: Captioner, manifest: Manifest, config: ScstConfig
-) -> dict[str, float]:
-    from captioner.evaluation import selection_scores
-
-    decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_length)
-    return selection_scores(captioner, manifest, Path(config.features), "val", decode)
-
-
-def _save_model(
-    model: ShowAttendTell,
-    vocab: Vocabulary,
-    start: Captioner,
-    scores: dict[str, float],
-    epoch: int,
-    run_dir: Path,
-    config: ScstConfig,
-) -> None:
-    info = dict(start.info)
-    info.update(
-        {
-            "scst": {"epoch": epoch, "from": str(config.model), "val_scores": scores},
-            "select_on": config.select_on,
-        }
-    )
-    Captioner(model, vocab, start.backbone_header, info).save_pretrained(run_dir / "model")
-
-
-def _describe(scores: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.1f}" for name, value in scores.items())

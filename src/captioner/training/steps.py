@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from captioner.data.vocabulary import PAD_ID
 from captioner.model.decoder import ShowAttendTell, TeacherForcingOutput
@@ -23,6 +21,7 @@ from captioner.model.losses import caption_loss
 from captioner.runtime import distributed
 from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig
+from captioner.training.loop import EpochTools
 from captioner.training.precision import Precision
 
 Forward = Callable[[torch.Tensor, torch.Tensor], TeacherForcingOutput]
@@ -86,28 +85,22 @@ def train_epoch(
     device: torch.device,
     epoch: int,
     global_step: int,
-    writer: Any | None,
-    precision: Precision,
+    tools: EpochTools,
     ctx: DistContext,
-) -> tuple[float, int]:
-    """One pass over ``loader``; returns (token-averaged training loss over all ranks, step)."""
+) -> tuple[float, int, float]:
+    """One pass over ``loader``; returns (token-averaged training loss over all ranks, step,
+    captions per second over all ranks)."""
     model.train()
     if isinstance(forward, torch.nn.Module):
         forward.train()
     total, tokens_seen, captions_seen = 0.0, 0, 0
     started = time.perf_counter()
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch}",
-        unit="batch",
-        disable=not (config.progress and ctx.is_main),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    rate = 0.0
+    bar = tools.bar(loader, desc=f"epoch {epoch}")
     for features, captions in bar:
         features, captions = features.to(device), captions.to(device)
         ce, n_tokens = train_step(
-            forward, model, features, captions, optimizer, config, precision, ctx
+            forward, model, features, captions, optimizer, config, tools.precision, ctx
         )
         total += ce * n_tokens
         tokens_seen += n_tokens
@@ -115,12 +108,12 @@ def train_epoch(
         global_step += 1
         rate = captions_seen * ctx.world_size / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix(loss=f"{ce:.3f}", captions_s=f"{rate:.0f}")
-        if writer is not None and global_step % max(config.log_every, 1) == 0:
-            writer.add_scalar("loss/train_batch", ce, global_step)
+        if global_step % max(config.log_every, 1) == 0:
+            tools.scalar("loss/train_batch", ce, global_step)
     if ctx.enabled:
         total, tokens = distributed.all_reduce_sums(ctx, [total, tokens_seen], device)
-        return total / max(tokens, 1.0), global_step
-    return total / max(tokens_seen, 1), global_step
+        return total / max(tokens, 1.0), global_step, rate
+    return total / max(tokens_seen, 1), global_step, rate
 
 
 @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""The training loop: teacher forcing on cached features, real validation, early stopping.
+"""Model 3's cross-entropy training as a task of the shared loop (training/loop.py): teacher
+forcing on cached features, real validation, selection on the validation loss or a metric.
 
 A run folder holds:
   train_config.json   the settings of the run
@@ -15,8 +16,6 @@ losses are summed over the ranks, and only rank 0 writes files and prints.
 from __future__ import annotations
 
 import functools
-import math
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +29,7 @@ from captioner import runlog
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
 from captioner.features.cache import FeatureCache
-from captioner.fileio import atomic_write_json, load_state
+from captioner.fileio import load_state
 from captioner.model.captioner import (
     Captioner,
     DecodeSettings,
@@ -40,12 +39,6 @@ from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
 from captioner.runtime import distributed, resolve_device, seed_everything
 from captioner.runtime.distributed import DistContext
-from captioner.training.checkpoint import (
-    check_resume,
-    check_resumed_settings,
-    load_training_state,
-    save_training_state,
-)
 from captioner.training.config import TrainConfig
 from captioner.training.data import (
     CaptionFeatureDataset,
@@ -53,7 +46,7 @@ from captioner.training.data import (
     collate_captions,
     pair_captions,
 )
-from captioner.training.early_stopping import EarlyStopping
+from captioner.training.loop import EpochTools, LoopSettings, check_start, fit
 from captioner.training.precision import CompiledForward, Precision
 from captioner.training.steps import evaluate_loss, train_epoch
 
@@ -82,225 +75,206 @@ RESUME_MAY_CHANGE = {
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train a decoder on a prepared manifest and its extracted features."""
-    check_resume(Path(config.out), resume, "a training run")
-    if resume:
-        check_resumed_settings(
-            Path(config.out) / "train_config.json",
-            config.to_dict(),
-            RESUME_MAY_CHANGE,
-            "a training run",
-        )
+    run_dir = Path(config.out)
+    settings = LoopSettings(
+        epochs=config.epochs,
+        patience=config.patience,
+        min_delta=config.min_delta,
+        progress=config.progress,
+        name="training",
+        precision=config.precision,
+        loss_curve=True,
+    )
+    record = config.to_dict()
+    check_start(run_dir, settings, record, RESUME_MAY_CHANGE, resume)
     seed_everything(config.seed)
     ctx, device = distributed.setup(resolve_device(config.device))
     try:
-        return _train(config, resume, ctx, device)
+        Precision(config.precision, device)  # refuses e.g. fp16 on a CPU before any file
+        task = CaptionTrainingTask(config, resume, ctx, device)
+        result = fit(
+            task,
+            run_dir,
+            settings,
+            record=record,
+            may_change=RESUME_MAY_CHANGE,
+            resume=resume,
+            ctx=ctx,
+        )
+        # Early stopping restores the best weights: the exported model is the best epoch's.
+        load_state(task.model, run_dir / "model" / "model.safetensors")
+        return TrainResult(
+            run_dir=run_dir,
+            model_dir=run_dir / "model",
+            best_epoch=result.best_epoch,
+            best_score=result.best_score,
+            select_on=config.select_on,
+            epochs_run=result.epochs_run,
+            history=result.history,
+            stopped_early=result.stopped == "early stop",
+        )
     finally:
         distributed.teardown(ctx)
 
 
-def _train(
-    config: TrainConfig, resume: bool, ctx: DistContext, device: torch.device
-) -> TrainResult:
-    run_dir = Path(config.out)
-    state_dir = run_dir / "checkpoint"
-    main = ctx.is_main
-    say = partial(runlog.say, config.progress) if main else _silent
-    precision = Precision(config.precision, device)
-    manifest = Manifest.load(Path(config.manifest))
-    features_dir = Path(config.features)
-    train_cache = FeatureCache.open(features_dir / "train")
-    val_cache = FeatureCache.open(features_dir / "val", expected=train_cache.header)
+class CaptionTrainingTask:
+    """Teacher-forced cross-entropy of the attention decoder on cached feature grids."""
 
-    vocab_path = run_dir / "vocab.json"
-    if resume:
-        vocab = Vocabulary.load(vocab_path)
-        if main:  # the record follows what may change (a longer run, another device)
-            atomic_write_json(run_dir / "train_config.json", config.to_dict())
-    else:
-        train_captions = [c for r in manifest.split("train") for c in r.captions]
-        vocab = Vocabulary.build(train_captions, config.vocab_size, config.min_word_count)
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            vocab.save(vocab_path)
-            atomic_write_json(run_dir / "train_config.json", config.to_dict())
+    def __init__(
+        self, config: TrainConfig, resume: bool, ctx: DistContext, device: torch.device
+    ) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.device = device
+        run_dir = Path(config.out)
+        main = ctx.is_main
+        say = partial(runlog.say, config.progress) if main else _silent
+        self.manifest = manifest = Manifest.load(Path(config.manifest))
+        features_dir = Path(config.features)
+        train_cache = FeatureCache.open(features_dir / "train")
+        val_cache = FeatureCache.open(features_dir / "val", expected=train_cache.header)
 
-    train_data = pair_captions(
-        train_cache, manifest.split("train"), vocab, config.max_caption_length
-    )
-    val_data = pair_captions(val_cache, manifest.split("val"), vocab, config.max_caption_length)
-    channels, regions = (
-        int(train_cache.header["channels"]),
-        int(np.prod(train_cache.header["grid"])),
-    )
-    model_config = ModelConfig(
-        vocab_size=len(vocab),
-        feature_channels=channels,
-        num_regions=regions,
-        encoder_dim=config.encoder_dim,
-        embed_dim=config.embed_dim,
-        attention_dim=config.attention_dim,
-        hidden_dim=config.hidden_dim,
-        dropout=config.dropout,
-        init_hidden=config.init_hidden,
-        position_embedding=config.position_embedding,
-    )
-    model = ShowAttendTell(model_config).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
-        if config.lr_schedule == "plateau"
-        else None
-    )
-    stopper = EarlyStopping(
-        config.patience, config.min_delta, mode="min" if config.select_on == "val_loss" else "max"
-    )
-    history: list[dict[str, Any]] = []
-    start_epoch, global_step = 1, 0
-    if resume:
-        progress = load_training_state(state_dir, model, optimizer, scheduler)
-        stopper.load_state_dict(progress["early_stopping"])
-        history = progress["history"]
-        start_epoch, global_step = progress["epoch"] + 1, progress["global_step"]
-        precision.load_state_dict(progress.get("grad_scaler"))
-    forward = distributed.wrap_model(model, ctx, device)
-    if config.compile:
-        forward = CompiledForward(forward, say)
-    else:
-        # Same loss and gradients, without the steps after each caption's end (a compiled
-        # forward keeps the padded steps: the packing's data-dependent shapes break its graph).
-        forward = functools.partial(forward, skip_padding=True)
+        vocab_path = run_dir / "vocab.json"
+        if resume:
+            vocab = Vocabulary.load(vocab_path)
+        else:
+            train_captions = [c for r in manifest.split("train") for c in r.captions]
+            vocab = Vocabulary.build(train_captions, config.vocab_size, config.min_word_count)
+            if main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                vocab.save(vocab_path)
+        self.vocab = vocab
 
-    backbone_header = {
-        k: train_cache.header[k]
-        for k in ("backbone", "weights_id", "preprocessing", "grid", "channels")
-    }
-    check_backbone_matches(val_cache.header, backbone_header)
-    train_loader = _loader(train_cache, train_data, config, True, ctx)
-    val_loader = _loader(val_cache, val_data, config, False, ctx)
-    writer = runlog.tensorboard_writer(run_dir / "tensorboard") if main else None
-    ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
-    say(
-        f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
-        f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}{ranks}"
-        f"{'' if config.precision == 'fp32' else ', ' + config.precision}"
-    )
-    for name, data in (("train", train_data), ("val", val_data)):
-        if data.images_without_features:
-            say(
-                f"{name}: {len(data.images_without_features)} images skipped "
-                f"(no features, e.g. {data.images_without_features[:3]})",
-            )
+        self.train_data = train_data = pair_captions(
+            train_cache, manifest.split("train"), vocab, config.max_caption_length
+        )
+        val_data = pair_captions(val_cache, manifest.split("val"), vocab, config.max_caption_length)
+        model_config = ModelConfig(
+            vocab_size=len(vocab),
+            feature_channels=int(train_cache.header["channels"]),
+            num_regions=int(np.prod(train_cache.header["grid"])),
+            encoder_dim=config.encoder_dim,
+            embed_dim=config.embed_dim,
+            attention_dim=config.attention_dim,
+            hidden_dim=config.hidden_dim,
+            dropout=config.dropout,
+            init_hidden=config.init_hidden,
+            position_embedding=config.position_embedding,
+        )
+        self.model = model = ShowAttendTell(model_config).to(device)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.scheduler = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=1)
+            if config.lr_schedule == "plateau"
+            else None
+        )
+        self.monitor = "val_loss" if config.select_on == "val_loss" else f"val_{config.select_on}"
+        self.mode = "min" if config.select_on == "val_loss" else "max"
+        self.global_step = 0
 
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stopper.should_stop:
-            break
-        started = time.perf_counter()
+        forward: Any = distributed.wrap_model(model, ctx, device)
+        if config.compile:
+            forward = CompiledForward(forward, say)
+        else:
+            # Same loss and gradients, without the steps after each caption's end (a compiled
+            # forward keeps the padded steps: the packing's data-dependent shapes break its
+            # graph).
+            forward = functools.partial(forward, skip_padding=True)
+        self.forward = forward
+
+        self.backbone_header = {
+            k: train_cache.header[k]
+            for k in ("backbone", "weights_id", "preprocessing", "grid", "channels")
+        }
+        check_backbone_matches(val_cache.header, self.backbone_header)
+        # "denoiser-<sha>" when the features were extracted from denoised images
+        self.image_transform = train_cache.header.get("image_transform")
+        self.train_loader = _loader(train_cache, train_data, config, True, ctx)
+        self.val_loader = _loader(val_cache, val_data, config, False, ctx)
+        ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
+        say(
+            f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
+            f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}"
+            f"{ranks}{'' if config.precision == 'fp32' else ', ' + config.precision}"
+        )
+        for name, data in (("train", train_data), ("val", val_data)):
+            if data.images_without_features:
+                say(
+                    f"{name}: {len(data.images_without_features)} images skipped "
+                    f"(no features, e.g. {data.images_without_features[:3]})",
+                )
+
+    def train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
+        config, ctx = self.config, self.ctx
         if ctx.enabled:
-            train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            self.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             # Per rank and epoch, so dropout differs across ranks and resume is exact.
             torch.manual_seed((config.seed * 1000 + epoch) * 1009 + ctx.rank)
         else:
-            train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # type: ignore[union-attr]
-        train_loss, global_step = train_epoch(
-            forward,
-            model,
-            train_loader,
-            optimizer,
+            self.train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # type: ignore[union-attr]
+        loss, self.global_step, rate = train_epoch(
+            self.forward,
+            self.model,
+            self.train_loader,
+            self.optimizer,
             config,
-            device,
+            self.device,
             epoch,
-            global_step,
-            writer,
-            precision,
+            self.global_step,
+            tools,
             ctx,
         )
-        val_loss = evaluate_loss(model, val_loader, device, precision, ctx)
-        seconds = time.perf_counter() - started
-        lr = optimizer.param_groups[0]["lr"]
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "lr": lr,
-            "seconds": round(seconds, 2),
-            "captions_per_s": round(len(train_data.rows) / max(seconds, 1e-9), 1),
+        return {"train_loss": loss, "captions_per_s": round(rate, 1)}
+
+    def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
+        scores = {
+            "val_loss": evaluate_loss(
+                self.model, self.val_loader, self.device, tools.precision, self.ctx
+            )
         }
-        scores = {"val_loss": val_loss}
-        if config.eval_every and epoch % config.eval_every == 0:
+        if self.config.eval_every and epoch % self.config.eval_every == 0:
             # Decoded on rank 0 and broadcast: every rank takes the same early-stopping decision.
             metrics = (
-                validation_metrics(model, vocab, backbone_header, manifest, config)
-                if main
+                validation_metrics(
+                    self.model, self.vocab, self.backbone_header, self.manifest, self.config
+                )
+                if self.ctx.is_main
                 else None
             )
-            scores.update(distributed.broadcast_object(ctx, metrics))
-            record.update(
-                {f"val_{name}": value for name, value in scores.items() if name != "val_loss"}
-            )
-        history.append(record)
-        if writer is not None:
-            writer.add_scalar("loss/train", train_loss, epoch)
-            writer.add_scalar("loss/val", val_loss, epoch)
-            for name in ("BLEU-4", "CIDEr"):
-                if name in scores:
-                    writer.add_scalar(f"metric/val_{name}", scores[name], epoch)
-            writer.add_scalar("lr", lr, epoch)
-            writer.flush()
-        improved = False
-        if config.select_on in scores:
-            improved = stopper.update(scores[config.select_on], epoch)
-        if improved and main:
-            info = {
-                "epoch": epoch,
-                "val_loss": val_loss,
-                "val_scores": scores,
-                "select_on": config.select_on,
-                "manifest": str(config.manifest),
-                "train_images": len(set(train_data.rows)),
-                "source": manifest.source,
-                # "denoiser-<sha>" when the features were extracted from denoised images
-                "image_transform": train_cache.header.get("image_transform"),
-            }
-            Captioner(model, vocab, backbone_header, info).save_pretrained(run_dir / "model")
-        if scheduler is not None:
-            scheduler.step(val_loss)
-        progress = {
-            "epoch": epoch,
-            "global_step": global_step,
-            "history": history,
-            "early_stopping": stopper.state_dict(),
+            metrics = distributed.broadcast_object(self.ctx, metrics)
+            scores.update({f"val_{name}": value for name, value in metrics.items()})
+        return scores
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step(row["val_loss"])
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        config = self.config
+        info = {
+            "epoch": row["epoch"],
+            "val_loss": row["val_loss"],
+            "val_scores": {
+                "val_loss": row["val_loss"],
+                **{k[4:]: row[k] for k in ("val_BLEU-4", "val_CIDEr") if k in row},
+            },
+            "select_on": config.select_on,
+            "manifest": str(config.manifest),
+            "train_images": len(set(self.train_data.rows)),
+            "source": self.manifest.source,
+            "image_transform": self.image_transform,
         }
-        if precision.scaler is not None:
-            progress["grad_scaler"] = precision.state_dict()
-        if main:
-            save_training_state(state_dir, model, optimizer, scheduler, progress)
-            atomic_write_json(run_dir / "history.json", history)
-            _plot(history, run_dir / "loss_curve.png")
-        metric_text = "".join(
-            f", val {name} {value:.1f}" for name, value in scores.items() if name != "val_loss"
+        Captioner(self.model, self.vocab, self.backbone_header, info).save_pretrained(
+            Path(config.out) / "model"
         )
-        say(
-            f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{metric_text}"
-            f"{' (best)' if improved else ''}, {seconds:.1f}s, lr {lr:.2e}",
-        )
-    if writer is not None:
-        writer.close()
-    distributed.barrier(ctx)  # rank 0 has written the best model
-    # Early stopping restores the best weights: the exported model is the best epoch's.
-    load_state(model, run_dir / "model" / "model.safetensors")
-    return TrainResult(
-        run_dir=run_dir,
-        model_dir=run_dir / "model",
-        best_epoch=stopper.best_epoch,
-        best_score=float(stopper.best) if stopper.best is not None else math.nan,
-        select_on=config.select_on,
-        epochs_run=len(history),
-        history=history,
-        stopped_early=stopper.should_stop,
-    )
+
+    def state(self) -> dict[str, Any]:
+        return {"global_step": self.global_step}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.global_step = int(state["global_step"])
 
 
 def validation_metrics(
@@ -341,12 +315,6 @@ def _loader(
         generator=torch.Generator() if shuffle and sampler is None else None,
         persistent_workers=config.num_workers > 0,
     )
-
-
-def _plot(history: list[dict[str, Any]], path: Path) -> None:
-    from captioner.viz import plot_loss_curve
-
-    plot_loss_curve(history, path)
 
 
 def _silent(message: str) -> None:
