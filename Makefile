@@ -21,7 +21,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/captioner demo --out runs/demo
 
-# Debian's Chromium + driver for the web page's browser test (which skips without them).
+# Debian's Chromium + driver for the web page's browser tests (which skip without them): a
+# system change, so never part of `make test`; .ci/run calls it before the tests.
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif command -v apt-get >/dev/null; then \
@@ -30,7 +31,7 @@ browser:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	else echo "no apt-get: install chromium and chromedriver, or the browser test skips"; fi
 
-test: $(STAMP) browser
+test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # 50 clients for 60 s against `captioner serve` on 127.0.0.1; result in runs/load/result.json

@@ -26,8 +26,10 @@ from captioner.denoise.data import (
     split_images,
     validation_set,
 )
+from captioner.denoise.metrics import score_denoiser
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
-from captioner.denoise.train import DenoiseTrainConfig, _schedule, evaluate
+from captioner.training.denoiser import warmup_cosine
+from captioner.training.denoiser_config import DenoiseTrainConfig
 
 
 def main() -> None:
@@ -60,7 +62,7 @@ def main() -> None:
     )
     total = config.epochs * config.steps_per_epoch  # the schedule of the full run
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(total, config.warmup_steps, config.min_lr_fraction)
+        optimizer, warmup_cosine(total, config.warmup_steps, config.min_lr_fraction)
     )
     rng = np.random.default_rng(config.seed)
     steps: list[dict[str, float]] = []
@@ -79,7 +81,7 @@ def main() -> None:
             optimizer.step()
             scheduler.step()
             steps.append({"loss": round(float(loss), 5), "grad_norm": round(float(norm), 4)})
-        scores = evaluate(net, val, torch.device("cpu"))
+        scores = score_denoiser(net, val, torch.device("cpu"))
         dead = net.inactive_channels(val["mix"][0])
         recent = steps[-config.steps_per_epoch :]
         record = {

@@ -1,10 +1,10 @@
-"""tokenize / normalize_caption: punctuation and symbols go, letters with diacritics stay."""
+"""tokenize: punctuation and symbols go, letters with diacritics stay."""
 
 from __future__ import annotations
 
 import unicodedata
 
-from captioner.data.text import normalize_caption, tokenize
+from captioner.data.text import tokenize
 
 
 def test_vietnamese_keeps_diacritics() -> None:
@@ -42,7 +42,3 @@ def test_whitespace_and_empty() -> None:
 
 def test_special_token_brackets_are_symbols() -> None:
     assert tokenize("<unk> <pad>") == ["unk", "pad"]
-
-
-def test_normalize_caption() -> None:
-    assert normalize_caption("  Hai NGƯỜI   đàn ông , chạy bộ . ") == "hai người đàn ông chạy bộ"

@@ -16,7 +16,8 @@ import pytest
 from denoise_tiny import one_thread  # noqa: F401
 from doctype_tiny import photo
 
-from captioner.denoise.train import DenoiseTrainConfig, train_denoiser
+from captioner.training.denoiser import train_denoiser
+from captioner.training.denoiser_config import DenoiseTrainConfig
 
 FLOOR_DB = 24.0  # sigma 25 validation PSNR after 180 steps; the noisy input is ~20.3 dB
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from captioner.cli import main
 from captioner.denoise import load_denoiser
 from captioner.denoise.data import split_of
-from captioner.denoise.train import DenoiseTrainConfig, resume_config, train_denoiser
+from captioner.training.denoiser import train_denoiser
+from captioner.training.denoiser_config import DenoiseTrainConfig, resume_config
 
 SMALL = ["--widths", "8,16", "--depths", "1,1", "--batch-size", "4", "--patch-size", "32"]
 
@@ -81,9 +82,9 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(
     whole = train_denoiser(_tiny_config(images, tmp_path / "whole", ema_decay=ema_decay))
     assert whole.epochs_run == 3
 
-    import captioner.denoise.train as train_module
+    import captioner.training.denoiser as train_module
 
-    real_evaluate = train_module.evaluate
+    real_evaluate = train_module.score_denoiser
     calls = {"n": 0}
 
     def killed_in_epoch_3(*args: object, **kwargs: object) -> dict[str, float]:
@@ -92,14 +93,15 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(
             raise KeyboardInterrupt  # the process dies before epoch 3 is recorded
         return real_evaluate(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(train_module, "evaluate", killed_in_epoch_3)
+    monkeypatch.setattr(train_module, "score_denoiser", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train_denoiser(_tiny_config(images, tmp_path / "killed", ema_decay=ema_decay))
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    monkeypatch.setattr(train_module, "score_denoiser", real_evaluate)
     resumed = train_denoiser(resume_config(tmp_path / "killed", progress=False), resume=True)
     assert resumed.epochs_run == 3
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
-    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
+    timing = ("seconds", "elapsed")
+    strip = [{k: v for k, v in h.items() if k not in timing} for h in resumed.history]
+    assert strip == [{k: v for k, v in h.items() if k not in timing} for h in whole.history]
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,7 +10,6 @@ file left behind.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -28,12 +27,10 @@ pytestmark = [
     pytest.mark.skipif(offline_mobilenet_weights() is None, reason="no offline MobileNetV2"),
 ]
 
-BAR = re.compile(r"pipeline:[^\r\n]*?(\d+)/\d+ \[")
 
-
-def images_done(stderr: str) -> int:
-    found = BAR.findall(stderr)
-    return int(found[-1]) if found else 0
+def images_done(events: list[dict]) -> int:
+    found = [e["done"] for e in events if e["bar"] == "pipeline"]
+    return found[-1] if found else 0
 
 
 def content(out: Path) -> list[dict]:
@@ -64,11 +61,12 @@ def test_killed_pipeline_runs_end_with_the_uninterrupted_catalogue(tmp_path: Pat
 
     def args(out: Path) -> list[str]:
         flags = pipeline_args(models, "--batch-size", "2", "--save-denoised")
-        flags.remove("--no-progress")  # the kills are timed by the progress bar
         return command("pipeline", archive, "--out", out, *flags)
 
     reference = tmp_path / "reference" / "out"  # same folder name: same page title
-    startup = startup_cpu_seconds(args(reference), lambda err: "pipeline:" in err)
+    startup = startup_cpu_seconds(
+        args(reference), lambda events: any(e["bar"] == "pipeline" for e in events)
+    )
     out = tmp_path / "killed" / "out"
     database = out / "catalogue.sqlite"
 

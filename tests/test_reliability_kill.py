@@ -18,10 +18,10 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -34,13 +34,14 @@ from fault_corpus import encode, photo
 
 from captioner.data.manifest import ImageRecord, Manifest
 from captioner.features.cache import FeatureCache
+from captioner.runlog import PROGRESS_FILE_ENV
 
 KILLS = 3  # SIGKILLs per test (each at a random point), then runs until one finishes
 RUN_LIMIT_S = 120  # one subprocess run; the whole test is bounded by KILLS + 2 runs
 CACHE_FILES = ("header.json", "features.npy", "status.npy", "failures.json")
 
-# (child's CPU seconds, its stderr so far) -> kill it now
-KillRule = Callable[[float, str], bool]
+# (child's CPU seconds, its progress events so far) -> kill it now
+KillRule = Callable[[float, list[dict]], bool]
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -51,7 +52,6 @@ def command(*args: object) -> list[str]:
 
 def environment() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-    env["TQDM_MININTERVAL"] = "0"  # progress bars redraw at every step: kills land on time
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
@@ -66,10 +66,15 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 class Child:
-    """A ``captioner`` subprocess whose stderr is collected as it comes (progress bars)."""
+    """A ``captioner`` subprocess whose stderr is collected as it comes, and whose progress
+    bars report each step to its own events file (``CAPTIONER_PROGRESS_FILE``)."""
 
     def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(args, env=environment(), stderr=subprocess.PIPE)
+        handle, name = tempfile.mkstemp(prefix="progress-", suffix=".jsonl")
+        os.close(handle)
+        self.events_file = Path(name)
+        env = dict(environment(), **{PROGRESS_FILE_ENV: name})
+        self.proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
         self.watch = psutil.Process(self.proc.pid)
         self._chunks: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -82,6 +87,11 @@ class Child:
 
     def stderr(self) -> str:
         return b"".join(self._chunks).decode(errors="replace")
+
+    def events(self) -> list[dict]:
+        """The progress events so far (a line still being written is left for later)."""
+        lines = self.events_file.read_text(encoding="utf-8").split("\n")[:-1]
+        return [json.loads(line) for line in lines]
 
     def cpu(self) -> float:
         return cpu_seconds(self.watch)
@@ -96,18 +106,19 @@ class Child:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(timeout=30)
+        self.events_file.unlink(missing_ok=True)
         return self.stderr()
 
 
-def startup_cpu_seconds(args: list[str], started: Callable[[str], bool]) -> float:
+def startup_cpu_seconds(args: list[str], started: Callable[[list[dict]], bool]) -> float:
     """Run once without interruption; return the CPU seconds it had used when ``started``
-    (of its stderr) first held: the start-up's cost."""
+    (of its progress events) first held: the start-up's cost."""
     child = Child(args)
     began = None
     deadline = time.monotonic() + RUN_LIMIT_S
     while child.proc.poll() is None and time.monotonic() < deadline:
         used = child.cpu()
-        if began is None and started(child.stderr()):
+        if began is None and started(child.events()):
             began = used
         time.sleep(0.005)
     err = child.finish()
@@ -138,7 +149,7 @@ def kill_and_resume(
         try:
             while child.proc.poll() is None:
                 assert time.monotonic() < deadline, "the kill test ran out of time"
-                if rule is not None and rule(child.cpu(), child.stderr()):
+                if rule is not None and rule(child.cpu(), child.events()):
                     break
                 time.sleep(0.005)
         finally:
@@ -153,11 +164,14 @@ def kill_and_resume(
 
 
 def kill_rules(
-    seed: int, startup: float, steps_left: Callable[[], int], steps_done: Callable[[str], int]
+    seed: int,
+    startup: float,
+    steps_left: Callable[[], int],
+    steps_done: Callable[[list[dict]], int],
 ) -> Callable[[int], KillRule | None]:
     """The kill rule of each run: the first kill after a random share of ``startup`` CPU
     seconds, the next ones after a random number of the ``steps_left()`` steps (1..all),
-    counted by ``steps_done(stderr)`` in the run. None when nothing is left to interrupt."""
+    counted by ``steps_done(events)`` in the run. None when nothing is left to interrupt."""
     rng = random.Random(seed)
 
     def rule_for(kills: int) -> KillRule | None:
@@ -168,7 +182,7 @@ def kill_rules(
         if left <= 0:
             return None
         target = 1 + int(share * (left - 1))
-        return lambda _cpu, err: steps_done(err) >= target
+        return lambda _cpu, events: steps_done(events) >= target
 
     return rule_for
 
@@ -205,12 +219,9 @@ def extract_args(manifest: Path, out: Path) -> list[str]:
     )  # fmt: skip
 
 
-EXTRACT_BAR = re.compile(r"features (train|val):[^\r\n]*?(\d+)/\d+ \[")
-
-
-def images_done(stderr: str) -> int:
+def images_done(events: list[dict]) -> int:
     """Images this run has done so far: the last count of each split's progress bar."""
-    last = {split: int(done) for split, done in EXTRACT_BAR.findall(stderr)}
+    last = {e["bar"]: e["done"] for e in events if e["bar"].startswith("features ")}
     return sum(last.values())
 
 
@@ -218,7 +229,8 @@ def test_killed_extraction_resumes_to_an_identical_cache(tmp_path: Path) -> None
     manifest = write_image_dataset(tmp_path)
     reference = tmp_path / "reference"
     startup = startup_cpu_seconds(
-        extract_args(manifest, reference), lambda err: "features train" in err
+        extract_args(manifest, reference),
+        lambda events: any(e["bar"] == "features train" for e in events),
     )
     out = tmp_path / "killed"
     args = extract_args(manifest, out)
@@ -294,12 +306,13 @@ def train_args(manifest: Path, features: Path, out: Path, resume: bool = False) 
     )  # fmt: skip
 
 
-TRAIN_BAR = re.compile(r"epoch (\d+):[^\r\n]*?(\d+)/(\d+) \[")
-
-
-def batches_done(stderr: str) -> int:
+def batches_done(events: list[dict]) -> int:
     """Training batches this run has done so far, from its per-epoch progress bars."""
-    bars = [tuple(map(int, match)) for match in TRAIN_BAR.findall(stderr)]
+    bars = [
+        (int(e["bar"].split()[1]), e["done"], e["total"])
+        for e in events
+        if e["bar"].startswith("epoch ")
+    ]
     if not bars:
         return 0
     first_epoch, (epoch, done, total) = bars[0][0], bars[-1]
@@ -311,7 +324,8 @@ def test_killed_training_resumes_to_identical_weights(tmp_path: Path) -> None:
     manifest, features = write_feature_dataset(tmp_path)
     reference = tmp_path / "reference"
     startup = startup_cpu_seconds(
-        train_args(manifest, features, reference), lambda err: "epoch 1:" in err
+        train_args(manifest, features, reference),
+        lambda events: any(e["bar"] == "epoch 1" for e in events),
     )
     out = tmp_path / "killed"
     state = out / "checkpoint" / "state.json"

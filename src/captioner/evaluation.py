@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from captioner.data.manifest import Manifest
 from captioner.errors import CaptionerError
@@ -18,6 +17,7 @@ from captioner.model.captioner import (
     check_backbone_matches,
     image_transform_note,
 )
+from captioner.runlog import Progress
 
 
 @dataclass
@@ -58,7 +58,7 @@ def caption_split(
             skipped.append(record.file)
     results: dict[str, CaptionResult] = {}
     references: dict[str, list[str]] = {}
-    bar = tqdm(
+    bar = Progress(
         total=len(todo), desc=f"captioning {split}", unit="img", disable=not progress, leave=False
     )
     for start in range(0, len(todo), batch_size):

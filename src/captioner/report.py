@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from captioner.data.manifest import Manifest
 from captioner.errors import CaptionerError, ImageLoadError
 from captioner.evaluation import caption_split
 from captioner.fileio import atomic_write_bytes, atomic_write_json
 from captioner.metrics import compute_metrics
 from captioner.model.captioner import Captioner, CaptionResult, DecodeSettings
+from captioner.runlog import Progress
 
 THUMB_SIZE = 160
 ATTENTION_DPI = 60  # JPEG at 60 dpi: ~10x smaller than the PNGs of `caption --attention-dir`
@@ -75,7 +74,7 @@ def write_report(
     rows = []
     notes = list(metrics.skipped) + captions.notes
     records = {record.file: record for record in manifest.split(split)}
-    for key in tqdm(hyps, desc="report", unit="img", disable=not progress, leave=False):
+    for key in Progress(hyps, desc="report", unit="img", disable=not progress, leave=False):
         result = captions.results[key]
         thumb, attn = _image_files(
             manifest.path_of(records[key]), result, out, len(rows), attention

@@ -79,6 +79,9 @@ class Progress(Generic[T]):
     def set_postfix(self, **values: Any) -> None:
         self._bar.set_postfix(**values)
 
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self._bar.set_postfix_str(text, refresh=refresh)
+
     def close(self) -> None:
         self._bar.close()
         if self._events is not None:

@@ -16,8 +16,3 @@ def tokenize(text: str) -> list[str]:
     """NFC-normalise, lower-case, turn punctuation and symbols into spaces, split on spaces."""
     text = unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).lower())
     return "".join(" " if _is_separator(c) else c for c in text).split()
-
-
-def normalize_caption(text: str) -> str:
-    """The caption as its tokens joined by single spaces."""
-    return " ".join(tokenize(text))

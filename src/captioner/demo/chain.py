@@ -132,8 +132,9 @@ def train_demo_classifier(
 
 def train_demo_denoiser(out: Path, images: Path, seed: int = 0, progress: bool = True) -> Path:
     """A short denoiser run on the scenes (about a minute on two CPU cores)."""
-    from captioner.denoise.train import DenoiseTrainConfig, train_denoiser
     from captioner.training.checkpoint import has_training_state
+    from captioner.training.denoiser import train_denoiser
+    from captioner.training.denoiser_config import DenoiseTrainConfig
 
     model = out / "model"
     if (model / "config.json").is_file():

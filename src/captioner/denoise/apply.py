@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from captioner.errors import CaptionerError, ImageLoadError
 from captioner.fileio import atomic_write_bytes
+from captioner.runlog import Progress
 from captioner.vision.images import ALLOWED_FORMATS, expand_image_paths, load_image
 
 ImageFn = Callable[[Image.Image], Image.Image]
@@ -90,7 +90,7 @@ def apply_denoiser(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ApplyReport()
     started = time.perf_counter()
-    for source, target in tqdm(
+    for source, target in Progress(
         pairs, desc="denoising", unit="img", disable=not progress, dynamic_ncols=True
     ):
         try:

@@ -51,6 +51,11 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (on a machine shared with other jobs: 1)"
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="autocast of the training steps (fp32; bf16 on CPU or CUDA, fp16 on CUDA)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = actions.add_parser("apply", help="denoise image files or folders into --out")
@@ -91,7 +96,8 @@ def run_denoise(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from captioner.denoise.train import DenoiseTrainConfig, resume_config, train_denoiser
+    from captioner.training.denoiser import train_denoiser
+    from captioner.training.denoiser_config import DenoiseTrainConfig, resume_config
 
     if args.resume:
         config = resume_config(
@@ -101,6 +107,7 @@ def _run_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             device=args.device,
             threads=args.threads,
+            precision=args.precision,
         )
     else:
         if args.images is None:
@@ -124,6 +131,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 "sigma_max",
                 "seed",
                 "threads",
+                "precision",
             )
             if getattr(args, k) is not None
         }

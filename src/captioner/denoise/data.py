@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from captioner.denoise.corruption import CorruptionMix, gaussian, quantize
 from captioner.errors import CaptionerError, ImageLoadError
+from captioner.runlog import Progress
 from captioner.vision.images import IMAGE_SUFFIXES, load_image
 
 BUCKETS = 20
@@ -51,7 +51,7 @@ def load_pictures(
     """Decode images to uint8 ``[H, W, 3]`` arrays; skip unreadable or too small ones."""
     pictures: list[np.ndarray] = []
     skipped: list[str] = []
-    for path in tqdm(files, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
+    for path in Progress(files, desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         try:
             array = np.asarray(load_image(path), dtype=np.uint8)
         except ImageLoadError as exc:

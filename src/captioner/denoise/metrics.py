@@ -50,3 +50,24 @@ def ssim(
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return (num / den).flatten(1).mean(dim=1)
+
+
+@torch.inference_mode()
+def score_denoiser(
+    net: torch.nn.Module, val: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> dict[str, float]:
+    """Mean PSNR/SSIM of the model on the fixed validation copies."""
+    net.eval()
+    scores: dict[str, float] = {}
+    for name, prefix in (("mix", "val"), ("sigma25", "val_sigma25")):
+        noisy, clean = val[name]
+        p, s = [], []
+        for start in range(0, len(noisy), 8):
+            x = noisy[start : start + 8].to(device)
+            y = clean[start : start + 8].to(device)
+            estimate = net(x).clamp(0.0, 1.0)
+            p.append(psnr(estimate, y))
+            s.append(ssim(estimate, y))
+        scores[f"{prefix}_psnr"] = round(float(torch.cat(p).mean()), 4)
+        scores[f"{prefix}_ssim"] = round(float(torch.cat(s).mean()), 5)
+    return scores

@@ -187,22 +187,3 @@ class DenoiserNet(nn.Module):
                 handle.remove()
             self.train(was_training)
         return {name: round(1.0 - float(f.float().mean()), 4) for name, f in fired.items()}
-
-    def macs_per_pixel(self) -> float:
-        """Multiply-accumulates of one forward pass per input pixel (measured on 64x64)."""
-        total = 0
-
-        def count(module: nn.Module, _: object, output: Tensor) -> None:
-            nonlocal total
-            assert isinstance(module, nn.Conv2d)
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
-            total += output.numel() * k // module.groups
-
-        hooks = [m.register_forward_hook(count) for m in self.modules() if isinstance(m, nn.Conv2d)]
-        try:
-            with torch.no_grad():
-                self(torch.zeros(1, self.config.in_channels, 64, 64))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return total / (64 * 64)

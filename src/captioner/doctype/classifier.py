@@ -205,7 +205,7 @@ class DocTypeClassifier:
         """Yield ``(path, prediction, "")`` per file, or ``(path, None, problem)`` for a bad
         one; images are decoded (and ``image_transform``-ed) in ``num_workers`` processes and
         classified in batches."""
-        from tqdm.auto import tqdm
+        from captioner.runlog import Progress
 
         if self.backbone is None:
             raise CaptionerError("this classifier was loaded without its backbone")
@@ -215,7 +215,7 @@ class DocTypeClassifier:
             num_workers=num_workers if len(paths) > batch_size else 0,
             collate_fn=_as_list,
         )
-        with tqdm(total=len(paths), unit="img", desc="classify", disable=not progress) as bar:
+        with Progress(total=len(paths), unit="img", desc="classify", disable=not progress) as bar:
             for items in loader:
                 good = [(i, t) for i, t, _ in items if t is not None]
                 results: dict[int, DocTypePrediction] = {}

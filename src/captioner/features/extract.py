@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from captioner.errors import CacheMismatchError, CaptionerError
 from captioner.features.cache import FAILED, OK, PENDING, FeatureCache
@@ -27,6 +26,7 @@ from captioner.features.sharded import (
     merge_rank_shards,
     open_shared,
 )
+from captioner.runlog import Progress
 from captioner.runtime import distributed
 from captioner.vision.backbones import Backbone, load_backbone
 from captioner.vision.images import load_image
@@ -194,7 +194,7 @@ def _run(
     # features up to float rounding (docs/BENCHMARKS.md, feature extraction).
     model = backbone.to(device, memory_format=torch.channels_last)
     done = 0
-    bar = tqdm(
+    bar = Progress(
         total=len(todo),
         unit="img",
         desc=f"features {cache.folder.name}",

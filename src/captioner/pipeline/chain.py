@@ -413,10 +413,10 @@ class Pipeline:
             collate_fn=_as_list,
         )
         meter = _Meter(max(1, s.num_workers))
-        from tqdm.auto import tqdm
+        from captioner.runlog import Progress
 
         total = sum(len(work) for work in todo)
-        bar = tqdm(total=total, unit="img", desc="pipeline", disable=not progress or not total)
+        bar = Progress(total=total, unit="img", desc="pipeline", disable=not progress or not total)
         decoded = iter(loader)
         try:
             for kept, work in plan:

@@ -146,11 +146,6 @@ def broadcast_object(ctx: DistContext, value: T) -> T:
     return box[0]
 
 
-def any_rank(ctx: DistContext, flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is True on at least one."""
-    return all_reduce_sums(ctx, [1.0 if flag else 0.0], device)[0] > 0
-
-
 def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` (broadcasts rank 0's weights to every rank)."""
     if not ctx.enabled:

@@ -1,0 +1,103 @@
+"""Settings of a denoiser training run (``captioner denoise train``), saved beside it as
+``train_config.json``, and how a resumed run reads them back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from captioner.denoise.corruption import CorruptionMix
+from captioner.denoise.model import DenoiserConfig
+from captioner.errors import CaptionerError
+from captioner.training.precision import PRECISIONS
+
+# Settings a resumed run may change: how long it goes on, where and how it runs and shows.
+MAY_CHANGE = {"epochs", "max_minutes", "progress", "device", "threads", "precision"}
+
+
+@dataclass
+class DenoiseTrainConfig:
+    images: str
+    out: str
+    epochs: int = 20
+    steps_per_epoch: int = 250
+    batch_size: int = 16
+    patch_size: int = 96
+    learning_rate: float = 3e-3
+    adam_beta2: float = 0.999
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.02
+    clip_grad_norm: float = 1.0
+    patience: int = 8
+    val_images: int = 32
+    max_images: int | None = None
+    ema_decay: float = 0.999  # 0: no average, the last step's weights are scored and saved
+    # a time limit makes the result depend on the machine's speed: off unless asked for
+    max_minutes: float | None = None
+    noise: str = "gaussian=0.65,jpeg=0.1,salt_pepper=0.1,speckle=0.1,none=0.05"
+    sigma_min: float = 5.0
+    sigma_max: float = 55.0
+    model: dict[str, int] = field(default_factory=lambda: DenoiserConfig().to_dict())
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on a busy machine
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (CUDA): autocast of the training steps
+    progress: bool = True
+
+    def mix(self) -> CorruptionMix:
+        try:
+            return CorruptionMix.parse(self.noise, (self.sigma_min, self.sigma_max))
+        except ValueError as exc:
+            raise CaptionerError(f"--noise: {exc}") from None
+
+    def check(self) -> None:
+        if self.sigma_min < 0 or self.sigma_max < self.sigma_min:
+            raise CaptionerError("need 0 <= --sigma-min <= --sigma-max")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "val_images"):
+            if getattr(self, name) < 1:
+                raise CaptionerError(f"{name} must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise CaptionerError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise CaptionerError("--ema-decay must be in [0, 1)")
+        try:
+            sizes = DenoiserConfig.from_dict(self.model)
+        except (TypeError, ValueError) as exc:
+            raise CaptionerError(f"bad denoiser sizes ({exc})") from None
+        multiple = 2 ** len(sizes.widths)
+        if self.patch_size < 16 or self.patch_size % multiple:
+            raise CaptionerError(f"--patch-size must be >= 16 and a multiple of {multiple}")
+        self.mix()
+
+
+def resume_config(
+    out: str | Path,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+    threads: int | None = None,
+    precision: str | None = None,
+) -> DenoiseTrainConfig:
+    """The saved run's settings; only those in ``MAY_CHANGE`` can be given anew."""
+    path = Path(out) / "train_config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved.setdefault("ema_decay", 0.0)  # runs started before the average existed
+        config = DenoiseTrainConfig(**saved)
+    except FileNotFoundError:
+        raise CaptionerError(f"{out}: nothing to resume (no train_config.json)") from None
+    except (TypeError, ValueError) as exc:
+        raise CaptionerError(f"{path}: not a denoiser training config ({exc})") from None
+    if epochs is not None:
+        config.epochs = epochs
+    if max_minutes is not None:
+        config.max_minutes = max_minutes
+    config.progress = progress
+    config.device = device
+    if threads is not None:
+        config.threads = threads
+    if precision is not None:
+        config.precision = precision
+    return config
