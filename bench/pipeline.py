@@ -66,6 +66,7 @@ from captioner.doctype.classifier import DocTypeClassifier
 from captioner.fileio import atomic_write_json
 from captioner.metrics import compute_metrics
 from captioner.model.captioner import Captioner
+from captioner.model.decoding import DecodeSettings
 from captioner.pipeline.catalogue import Catalogue
 from captioner.pipeline.chain import CPU_FORWARD_BATCH, Pipeline, resized_pixels
 from captioner.pipeline.page import write_review_page
@@ -184,7 +185,7 @@ def seed_loop(models: tuple[Any, Any, Any], paths: list[Path]) -> dict[str, Any]
         image = load_image(path)
         prediction = classifier([image])[0]
         if prediction.is_photo:
-            captioner.caption([denoiser(image)], beam_size=3)
+            captioner.caption([denoiser(image)], DecodeSettings(beam_size=3))
             captioned += 1
     return {"images": len(paths), "captioned": captioned, "seconds": time.perf_counter() - started}
 

@@ -15,13 +15,9 @@ from captioner.errors import CaptionerError
 from captioner.model.captioner import Captioner
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
+from captioner.model.decoding import sample_with_log_probs
 from captioner.training.cider_reward import CiderD
-from captioner.training.scst import (
-    ScstConfig,
-    finetune,
-    leave_one_out_advantage,
-    sample_with_log_probs,
-)
+from captioner.training.scst import ScstConfig, finetune, leave_one_out_advantage
 from tests.tiny import train_tiny, write_tiny_dataset
 
 REFS = {
@@ -74,7 +70,8 @@ def test_samples_stop_at_end_and_keep_gradients() -> None:
         attention_dim=8,
     )
     model = ShowAttendTell(config)
-    ids, log_probs, mask = sample_with_log_probs(model, torch.randn(3, 4, 8), 4, max_length=6)
+    sampled = sample_with_log_probs(model, torch.randn(3, 4, 8), 4, max_length=6)
+    ids, log_probs, mask = sampled.token_ids, sampled.log_probs, sampled.mask
     assert ids.shape[0] == 12 and ids.shape == log_probs.shape == mask.shape
     assert log_probs.requires_grad
     for row, row_mask in zip(ids.tolist(), mask.tolist(), strict=True):

@@ -141,6 +141,7 @@ def run_scst(args: argparse.Namespace) -> int:
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.denoise.commands import load_for_pipeline
     from captioner.model.captioner import Captioner, image_transform_note
+    from captioner.model.decoding import DecodeSettings
     from captioner.runtime import resolve_device
     from captioner.vision.images import expand_image_paths
 
@@ -157,18 +158,17 @@ def run_caption(args: argparse.Namespace) -> int:
     )
     if note:
         print(f"note: {note}", file=sys.stderr)
-    results = captioner.caption(
-        images,
+    decode = DecodeSettings(
         beam_size=1 if args.greedy else args.beam_size,
         max_length=args.max_length,
-        batch_size=args.batch_size,
-        image_transform=denoiser,
-        skip_errors=True,
         sample=args.sample,
         temperature=args.temperature,
         top_k=args.top_k,
         seed=args.seed,
         length_penalty=args.length_penalty,
+    )
+    results = captioner.caption(
+        images, decode, batch_size=args.batch_size, image_transform=denoiser, skip_errors=True
     )
     if args.json:
         text = json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False) + "\n"

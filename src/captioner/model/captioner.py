@@ -29,7 +29,14 @@ from captioner.fileio import (
 )
 from captioner.model.config import ModelConfig
 from captioner.model.decoder import ShowAttendTell
-from captioner.model.decoding import Hypothesis, beam_search, greedy_decode, sample_decode
+from captioner.model.decoding import (
+    DecodeSettings,
+    Hypothesis,
+    StepDecoder,
+    beam_search,
+    greedy_decode,
+    sample_decode,
+)
 
 FORMAT = "captioner-model"
 VERSION = 1
@@ -72,26 +79,8 @@ class CaptionResult:
 
 
 @dataclass
-class DecodeSettings:
-    """How to turn features into words (``beam_size`` 1 means greedy)."""
-
-    beam_size: int = 3
-    max_length: int = 30
-    length_penalty: float = 1.0
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def describe(self) -> str:
-        if self.sample:
-            return f"sampling (temperature {self.temperature}, top-k {self.top_k or 'all'})"
-        return "greedy" if self.beam_size == 1 else f"beam search (beam {self.beam_size})"
-
-
-@dataclass
 class Captioner:
-    model: ShowAttendTell
+    model: StepDecoder  # one decoder, or an Ensemble
     vocab: Vocabulary
     backbone_header: dict[str, Any]
     info: dict[str, Any] = field(default_factory=dict)
@@ -183,7 +172,7 @@ class Captioner:
         if len(transforms) == 1:  # the members' inputs agree: the ensemble's is theirs
             info["image_transform"] = transforms.pop()
         model = Ensemble([m.model for m in members]).to(device).eval()
-        captioner = cls(model, first.vocab, dict(first.backbone_header), info)  # type: ignore[arg-type]
+        captioner = cls(model, first.vocab, dict(first.backbone_header), info)
         if backbone_weights is not None:
             captioner.attach_backbone(backbone_weights, device)
         return captioner
@@ -209,24 +198,22 @@ class Captioner:
     def caption(
         self,
         images: Sequence[ImageInput] | ImageInput,
-        beam_size: int = 3,
-        max_length: int = 30,
+        decode: DecodeSettings | None = None,
         batch_size: int = 16,
         image_transform: Callable[[Image.Image], Image.Image] | None = None,
         skip_errors: bool = False,
-        **settings: Any,
     ) -> list[CaptionResult]:
         """Caption images (paths or PIL images); returns one result per image, in order.
 
+        ``decode`` says how (beam search, greedy, sampling; ``DecodeSettings()`` by default).
         With ``skip_errors`` an unreadable image gets a result with ``error`` set instead of
-        stopping the batch. Extra keyword settings: ``sample``, ``temperature``, ``top_k``,
-        ``seed``, ``length_penalty`` (see ``DecodeSettings``).
+        stopping the batch.
         """
         if self.backbone is None:
             raise CaptionerError("this Captioner was loaded without a backbone; cannot read images")
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        decode = DecodeSettings(beam_size=beam_size, max_length=max_length, **settings)
+        decode = decode or DecodeSettings()
         from captioner.vision.images import load_image
 
         results: list[CaptionResult] = []

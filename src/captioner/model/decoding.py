@@ -1,18 +1,45 @@
-"""Turning features into word ids: greedy, sampling and batched beam search.
+"""Turning features into word ids: greedy, sampling and batched beam search, and sampling
+with gradients for self-critical training.
 
-Every decoder returns one ``Hypothesis`` per image with the word ids (no <start>/<end>),
-the summed log-probability, and the attention weights of each emitted word.
+Everything here works on a ``StepDecoder`` (one attention decoder, or an ensemble of them).
+The inference decoders return one ``Hypothesis`` per image with the word ids (no
+<start>/<end>), the summed log-probability, and the attention weights of each emitted word.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
-from captioner.model.decoder import ShowAttendTell
+from captioner.model.config import ModelConfig
+
+
+class StepDecoder(Protocol):
+    """A thing that decodes word by word: ``ShowAttendTell`` or an ``Ensemble`` of them."""
+
+    config: ModelConfig
+
+    def encode(self, features: torch.Tensor) -> Any:
+        """Per-image tensors [B, ...] reused at every step; they offer ``repeat_interleave(n)``
+        and ``select(index)``."""
+        ...
+
+    def initial_hidden(self, encoded: Any) -> torch.Tensor: ...
+
+    def step(
+        self, tokens: torch.Tensor, hidden: torch.Tensor, encoded: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens [B], hidden [B, H] -> (logits [B, V], hidden, attention [B, R])."""
+        ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -24,17 +51,68 @@ class Hypothesis:
     finished: bool  # True when <end> was emitted before max_length
 
 
+@dataclass
+class DecodeSettings:
+    """How to turn features into words (``beam_size`` 1 means greedy)."""
+
+    beam_size: int = 3
+    max_length: int = 30
+    length_penalty: float = 1.0
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def describe(self) -> str:
+        if self.sample:
+            return f"sampling (temperature {self.temperature}, top-k {self.top_k or 'all'})"
+        return "greedy" if self.beam_size == 1 else f"beam search (beam {self.beam_size})"
+
+
 def allowed_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Float logits with <pad> and <start> made impossible: they are never a next word."""
-    logits = logits.float()
-    logits[:, PAD_ID] = float("-inf")
-    logits[:, START_ID] = float("-inf")
-    return logits
+    """Float logits with <pad> and <start> made impossible: they are never a next word (a new
+    tensor: the input, and the gradient through the allowed words, are left as they are)."""
+    never = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    never[[PAD_ID, START_ID]] = True
+    return logits.float().masked_fill(never, float("-inf"))
+
+
+@dataclass
+class SampledCaptions:
+    """Captions sampled with their graph kept (for a policy-gradient loss)."""
+
+    token_ids: torch.Tensor  # [N, T]: <pad> after <end>
+    log_probs: torch.Tensor  # [N, T]: log-probability of each sampled token, with gradient
+    mask: torch.Tensor  # [N, T]: 1 for the tokens that count (words and the closing <end>)
+
+
+def sample_with_log_probs(
+    model: StepDecoder, features: torch.Tensor, samples: int, max_length: int
+) -> SampledCaptions:
+    """Sample ``samples`` captions per image (rows image-major), keeping the graph of their
+    log-probabilities: what self-critical training needs."""
+    encoded = model.encode(features).repeat_interleave(samples)
+    hidden = model.initial_hidden(encoded)
+    n = hidden.shape[0]
+    tokens = torch.full((n,), START_ID, dtype=torch.long, device=features.device)
+    alive = torch.ones(n, dtype=torch.bool, device=features.device)
+    ids, log_probs, masks = [], [], []
+    for _ in range(max_length):
+        logits, hidden, _ = model.step(tokens, hidden, encoded)
+        step_log_probs = torch.log_softmax(allowed_logits(logits), dim=-1)
+        tokens = torch.multinomial(step_log_probs.detach().exp(), 1).squeeze(1)
+        ids.append(torch.where(alive, tokens, torch.full_like(tokens, PAD_ID)))
+        log_probs.append(step_log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1))
+        masks.append(alive.float())
+        alive = alive & (tokens != END_ID)
+        if not bool(alive.any()):
+            break
+    return SampledCaptions(torch.stack(ids, 1), torch.stack(log_probs, 1), torch.stack(masks, 1))
 
 
 @torch.inference_mode()
 def greedy_decode(
-    model: ShowAttendTell, features: torch.Tensor, max_length: int = 30
+    model: StepDecoder, features: torch.Tensor, max_length: int = DecodeSettings.max_length
 ) -> list[Hypothesis]:
     """Pick the most probable word at each step."""
     return _step_decode(model, features, max_length, temperature=None, top_k=0, generator=None)
@@ -42,9 +120,9 @@ def greedy_decode(
 
 @torch.inference_mode()
 def sample_decode(
-    model: ShowAttendTell,
+    model: StepDecoder,
     features: torch.Tensor,
-    max_length: int = 30,
+    max_length: int = DecodeSettings.max_length,
     temperature: float = 1.0,
     top_k: int = 0,
     generator: torch.Generator | None = None,
@@ -56,7 +134,7 @@ def sample_decode(
 
 
 def _step_decode(
-    model: ShowAttendTell,
+    model: StepDecoder,
     features: torch.Tensor,
     max_length: int,
     temperature: float | None,
@@ -104,10 +182,10 @@ def _trim(ids: list[int], logps: list[float], attention: np.ndarray) -> Hypothes
 
 @torch.inference_mode()
 def beam_search(
-    model: ShowAttendTell,
+    model: StepDecoder,
     features: torch.Tensor,
-    beam_size: int = 3,
-    max_length: int = 30,
+    beam_size: int = DecodeSettings.beam_size,
+    max_length: int = DecodeSettings.max_length,
     length_penalty: float = 1.0,
 ) -> list[Hypothesis]:
     """Batched beam search over all images at once.

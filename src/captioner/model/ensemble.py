@@ -1,7 +1,7 @@
 """Several trained decoders decoding as one: the word distribution is the mean of theirs.
 
-``Ensemble`` offers the decoding interface of ``ShowAttendTell`` (``encode``,
-``initial_hidden``, ``step``), so greedy, sampling and beam search work on it unchanged. The
+``Ensemble`` is a ``StepDecoder`` (model/decoding.py) like ``ShowAttendTell``, so greedy,
+sampling and beam search work on it unchanged. The
 members' hidden states travel concatenated in one tensor (beam search reorders it by rows);
 ``step`` returns log(mean of the members' probabilities) as the logits and the mean attention.
 """

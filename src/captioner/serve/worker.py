@@ -319,19 +319,14 @@ class ModelWorker:
         inputs = [entry for item in prepared for entry in item.grids if entry is not None]
         if not inputs:
             return []
+        decode = DecodeSettings(beam_size=options.beam_size, max_length=options.max_length)
         if all(isinstance(entry, Image.Image) for entry in inputs):
-            return self.captioner.caption(
-                inputs,
-                beam_size=options.beam_size,
-                max_length=options.max_length,
-                batch_size=len(inputs),
-            )
+            return self.captioner.caption(inputs, decode, batch_size=len(inputs))
         # Grids from the classifier's pass, and pictures (denoised) whose grids are made now:
         # one decoding call for all of them.
         pictures = [entry for entry in inputs if isinstance(entry, Image.Image)]
         fresh = iter(self._grids(pictures) if pictures else [])
         grids = [next(fresh) if isinstance(e, Image.Image) else e for e in inputs]
-        decode = DecodeSettings(beam_size=options.beam_size, max_length=options.max_length)
         return self.captioner.caption_features(torch.stack(grids), decode)
 
 

@@ -23,11 +23,11 @@ import torch
 
 from captioner.data.manifest import Manifest
 from captioner.data.text import tokenize
-from captioner.data.vocabulary import END_ID, PAD_ID, START_ID, Vocabulary
 from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
 from captioner.model.captioner import Captioner, DecodeSettings, check_backbone_matches
 from captioner.model.decoder import ShowAttendTell
+from captioner.model.decoding import sample_with_log_probs
 from captioner.runtime import resolve_device, seed_everything
 from captioner.training.cider_reward import CiderD
 from captioner.training.loop import EpochTools, LoopSettings, check_start, fit
@@ -71,44 +71,6 @@ class ScstResult:
     history: list[dict[str, Any]]
 
 
-def sample_with_log_probs(
-    model: ShowAttendTell, features: torch.Tensor, samples: int, max_length: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample ``samples`` captions per image, keeping the graph of their log-probabilities.
-
-    Returns token ids [B*samples, T] (<pad> after <end>), per-token log-probabilities and a
-    mask of the tokens that count (words and the <end> that closes them).
-    """
-    encoded = model.encode(features).repeat_interleave(samples)
-    hidden = model.initial_hidden(encoded)
-    n = hidden.shape[0]
-    tokens = torch.full((n,), START_ID, dtype=torch.long, device=features.device)
-    alive = torch.ones(n, dtype=torch.bool, device=features.device)
-    never_next = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=features.device)
-    never_next[[PAD_ID, START_ID]] = True
-    ids, log_probs, masks = [], [], []
-    for _ in range(max_length):
-        logits, hidden, _ = model.step(tokens, hidden, encoded)
-        step_log_probs = torch.log_softmax(logits.float().masked_fill(never_next, -1e9), dim=-1)
-        tokens = torch.multinomial(step_log_probs.detach().exp(), 1).squeeze(1)
-        ids.append(torch.where(alive, tokens, torch.full_like(tokens, PAD_ID)))
-        log_probs.append(step_log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1))
-        masks.append(alive.float())
-        alive = alive & (tokens != END_ID)
-        if not bool(alive.any()):
-            break
-    return torch.stack(ids, 1), torch.stack(log_probs, 1), torch.stack(masks, 1)
-
-
-def caption_words(ids: list[int], vocab: Vocabulary) -> list[str]:
-    words = []
-    for token in ids:
-        if token in (END_ID, PAD_ID):
-            break
-        words.append(vocab.id_to_token(token))
-    return words
-
-
 def leave_one_out_advantage(rewards: torch.Tensor, samples: int) -> torch.Tensor:
     """rewards [B*samples] -> reward minus the mean of the image's other samples."""
     grouped = rewards.view(-1, samples)
@@ -150,7 +112,10 @@ class ScstTask:
         self.config = config
         self.device = device
         self.start = Captioner.from_pretrained(config.model, device=device, backbone_weights=None)
-        self.model, self.vocab = self.start.model, self.start.vocab
+        if not isinstance(self.start.model, ShowAttendTell):
+            raise CaptionerError(f"{config.model}: SCST fine-tunes one model, not an ensemble")
+        self.model: ShowAttendTell = self.start.model
+        self.vocab = self.start.vocab
         self.manifest = Manifest.load(Path(config.manifest))
         self.cache = FeatureCache.open(Path(config.features) / "train")
         check_backbone_matches(self.cache.header, self.start.backbone_header)
@@ -215,22 +180,22 @@ class ScstTask:
                 ]
             )
             with tools.precision.autocast():
-                ids, log_probs, mask = sample_with_log_probs(
+                sampled = sample_with_log_probs(
                     model,
                     torch.from_numpy(feats).to(self.device),
                     config.samples,
                     config.max_length,
                 )
-            sampled = ids.cpu().tolist()
             rewards = torch.tensor(
                 [
-                    self.reward.score(batch_keys[i // config.samples], caption_words(seq, vocab))
-                    for i, seq in enumerate(sampled)
+                    self.reward.score(batch_keys[i // config.samples], vocab.decode(seq))
+                    for i, seq in enumerate(sampled.token_ids.cpu().tolist())
                 ],
                 device=self.device,
             )
             advantage = leave_one_out_advantage(rewards, config.samples)
-            loss = -(advantage.unsqueeze(1) * log_probs * mask).sum() / mask.sum()
+            counted = sampled.log_probs * sampled.mask
+            loss = -(advantage.unsqueeze(1) * counted).sum() / sampled.mask.sum()
             self.optimizer.zero_grad(set_to_none=True)
             tools.precision.backward_and_step(
                 loss, self.optimizer, model.parameters, config.grad_clip
