@@ -66,7 +66,7 @@ from captioner.doctype.classifier import DocTypeClassifier
 from captioner.fileio import atomic_write_json
 from captioner.metrics import compute_metrics
 from captioner.model.captioner import Captioner
-from captioner.model.decoding import DecodeSettings
+from captioner.model.decode_settings import DecodeSettings
 from captioner.pipeline.catalogue import Catalogue
 from captioner.pipeline.chain import CPU_FORWARD_BATCH, Pipeline, resized_pixels
 from captioner.pipeline.page import write_review_page

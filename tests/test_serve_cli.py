@@ -18,16 +18,46 @@ httpx = pytest.importorskip("httpx")
 
 from serve_support import TINY_CAPTION, build_tiny_captioner, free_port, png_bytes  # noqa: E402
 
-from captioner.cli import build_parser, main  # noqa: E402
+from captioner.cli import main  # noqa: E402
 from captioner.errors import CaptionerError  # noqa: E402
 from captioner.serve.denoising import load_denoiser  # noqa: E402
 from captioner.serve.modelinfo import read_metrics  # noqa: E402
+from captioner.serve.schemas import ServeSettings  # noqa: E402
 
 
-def test_serve_options_and_defaults() -> None:
-    args = build_parser().parse_args(["serve", "--model", "m"])
-    assert (args.host, args.port, args.max_upload_mb, args.denoise) == ("127.0.0.1", 8000, 10, None)
-    assert args.backbone_weights == "DEFAULT" and args.threads is None
+def test_serve_options_map_onto_the_launch_and_the_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import captioner.serve.run as run
+
+    seen: list[tuple[run.ServeLaunch, ServeSettings]] = []
+    monkeypatch.setattr(run, "serve", lambda launch, settings: seen.append((launch, settings)) or 0)
+    assert main(["serve", "--model", "m"]) == 0
+    launch, settings = seen.pop()
+    assert (launch.model, launch.host, launch.port, launch.denoise) == (
+        Path("m"),
+        "127.0.0.1",
+        8000,
+        None,
+    )
+    assert launch.backbone_weights == "DEFAULT" and launch.threads is None
+    assert settings == ServeSettings(warm_up=True)  # the dataclass's own defaults
+    assert settings.max_upload_bytes == 10 * 2**20
+    argv = [
+        "serve",
+        "--model",
+        "m",
+        "--port",
+        "9000",
+        "--max-images",
+        "3",
+        "--max-upload-mb",
+        "0.5",
+    ]
+    assert main(argv) == 0
+    launch, settings = seen.pop()
+    assert launch.port == 9000 and settings.max_images == 3
+    assert settings.max_upload_bytes == 2**19 and settings.max_queue == ServeSettings.max_queue
 
 
 def test_serve_refuses_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -16,7 +16,8 @@ from tiny import CAPTIONS, write_tiny_dataset
 
 from captioner.errors import CaptionerError, CheckpointError
 from captioner.features.cache import FeatureCache
-from captioner.model.captioner import Captioner, DecodeSettings
+from captioner.model.captioner import Captioner
+from captioner.model.decode_settings import DecodeSettings
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
 

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from captioner import __version__
+from captioner.cliargs import default_of
 from captioner.denoise.commands import add_denoise_option, add_denoise_parser
 from captioner.doctype.commands import add_classify_parser
 from captioner.errors import CaptionerError
+from captioner.model.decode_settings import DecodeSettings
 from captioner.pipeline.commands import add_pipeline_parsers
+from captioner.training.scst_config import ScstConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,29 +99,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder (model/, checkpoint/...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=2e-5, dest="learning_rate")
-    p.add_argument("--samples", type=int, default=5, help="captions sampled per image")
-    p.add_argument("--batch-images", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=30)
-    p.add_argument("--select-on", default="CIDEr", choices=["CIDEr", "BLEU-4"])
-    p.add_argument("--eval-beam-size", type=int, default=3)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=int, help=_default(ScstConfig, "epochs"))
+    p.add_argument(
+        "--lr", type=float, dest="learning_rate", help=_default(ScstConfig, "learning_rate")
+    )
+    p.add_argument(
+        "--samples", type=int, help="captions sampled per image " + _default(ScstConfig, "samples")
+    )
+    p.add_argument("--batch-images", type=int, help=_default(ScstConfig, "batch_images"))
+    p.add_argument("--max-length", type=int, help=_default(ScstConfig, "max_length"))
+    p.add_argument(
+        "--select-on", choices=["CIDEr", "BLEU-4"], help=_default(ScstConfig, "select_on")
+    )
+    p.add_argument("--eval-beam-size", type=int, help=_default(ScstConfig, "eval_beam_size"))
+    p.add_argument("--patience", type=int, help=_default(ScstConfig, "patience"))
+    p.add_argument("--seed", type=int, help=_default(ScstConfig, "seed"))
+    p.add_argument("--device", help=_default(ScstConfig, "device"))
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("caption", help="caption images or folders of images")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--model", type=Path, required=True, help="model folder (e.g. RUN/model)")
-    p.add_argument("--beam-size", type=int, default=3, help="1 = greedy")
+    p.add_argument("--beam-size", type=int, default=DecodeSettings.beam_size, help="1 = greedy")
     p.add_argument("--greedy", action="store_true", help="same as --beam-size 1")
     p.add_argument("--sample", action="store_true", help="sample words instead of searching")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=DecodeSettings.temperature)
+    p.add_argument("--top-k", type=int, default=DecodeSettings.top_k)
     p.add_argument("--seed", type=int, default=None, help="seed for --sample")
-    p.add_argument("--max-length", type=int, default=30)
-    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--max-length", type=int, default=DecodeSettings.max_length)
+    p.add_argument("--length-penalty", type=float, default=DecodeSettings.length_penalty)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backbone-weights", default="DEFAULT")
     add_denoise_option(p)
@@ -134,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
     p.add_argument("--split", default="test")
-    p.add_argument("--beam-size", type=int, default=3, help="1 = greedy")
-    p.add_argument("--max-length", type=int, default=30)
-    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--beam-size", type=int, default=DecodeSettings.beam_size, help="1 = greedy")
+    p.add_argument("--max-length", type=int, default=DecodeSettings.max_length)
+    p.add_argument("--length-penalty", type=float, default=DecodeSettings.length_penalty)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-java", action="store_true", help="pure-Python scorer (no METEOR)")
     p.add_argument("--output", type=Path, help="JSON report (scores, settings, captions)")
@@ -155,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True, help="report folder (index.html, ...)")
-    p.add_argument("--beam-size", type=int, default=3, help="1 = greedy")
-    p.add_argument("--max-length", type=int, default=30)
+    p.add_argument("--beam-size", type=int, default=DecodeSettings.beam_size, help="1 = greedy")
+    p.add_argument("--max-length", type=int, default=DecodeSettings.max_length)
     p.add_argument("--no-attention", action="store_true", help="skip the attention maps")
     p.add_argument("--no-java", action="store_true", help="pure-Python scorer")
     p.add_argument("--device", default="auto")
@@ -196,18 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="a `captioner pipeline` output folder: the page and GET /v1/search search its "
         "captions",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default ≤ 4)")
-    p.add_argument("--backbone-weights", default="DEFAULT")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="per image file")
-    p.add_argument("--max-images", type=int, default=8, help="images per request")
-    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
-    p.add_argument("--max-batch", type=int, default=8, help="images per model call")
+    # Defaults: ServeLaunch (serve/run.py) and ServeSettings (serve/schemas.py).
+    p.add_argument("--host", help="(default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="(default: 8000)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default ≤ 4)")
+    p.add_argument("--backbone-weights", help="(default: DEFAULT)")
+    p.add_argument("--device", help="(default: auto)")
+    p.add_argument("--max-upload-mb", type=float, help="per image file (default: 10)")
+    p.add_argument("--max-images", type=int, help="images per request (default: 8)")
+    p.add_argument("--max-queue", type=int, help="waiting requests before 503 (default: 64)")
+    p.add_argument("--max-batch", type=int, help="images per model call (default: 8)")
     p.add_argument("--metrics", type=Path, help="JSON report shown by /v1/model")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", help="uvicorn's (default: info)")
     return parser
+
+
+def _default(cls: type, name: str) -> str:
+    return f"(default: {default_of(cls, name)})"
 
 
 def add_model_folders(p: argparse.ArgumentParser) -> None:

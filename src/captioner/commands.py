@@ -73,31 +73,18 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from captioner.cliargs import given_fields
     from captioner.runtime.distributed import is_main_process
     from captioner.training.config import TrainConfig
     from captioner.training.trainer import train
 
     config = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-    overrides = [
-        f"{k}={v}"
-        for k, v in (
-            ("manifest", args.manifest),
-            ("features", args.features),
-            ("out", args.out),
-            ("epochs", args.epochs),
-            ("batch_size", args.batch_size),
-            ("learning_rate", args.learning_rate),
-            ("patience", args.patience),
-            ("seed", args.seed),
-            ("device", args.device),
-            ("precision", args.precision),
-            ("compile", "true" if args.compile else None),
-        )
-        if v is not None
-    ]
+    given = given_fields(TrainConfig, args)  # typed options; --set strings are read by type
     if args.no_progress:
-        overrides.append("progress=false")
-    config = config.override(overrides + list(args.set))
+        given["progress"] = False
+    config = replace(config, **given).override(list(args.set))
     if not config.manifest or not config.features:
         raise CaptionerError("train needs --manifest and --features (or both in --config)")
     result = train(config, resume=args.resume)
@@ -112,25 +99,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_scst(args: argparse.Namespace) -> int:
+    from captioner.cliargs import settings_from_args
     from captioner.training.scst import ScstConfig, finetune
 
-    config = ScstConfig(
-        model=str(args.model),
-        manifest=str(args.manifest),
-        features=str(args.features),
-        out=str(args.out),
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        samples=args.samples,
-        batch_images=args.batch_images,
-        max_length=args.max_length,
-        select_on=args.select_on,
-        eval_beam_size=args.eval_beam_size,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    config = settings_from_args(ScstConfig, args, progress=not args.no_progress)
     result = finetune(config, resume=args.resume)
     start = "the starting model was kept" if result.best_epoch == 0 else "best epoch"
     print(f"{start} {result.best_epoch} (val {config.select_on} {result.best_score:.2f})")
@@ -141,7 +113,7 @@ def run_scst(args: argparse.Namespace) -> int:
 def run_caption(args: argparse.Namespace) -> int:
     from captioner.denoise.commands import load_for_pipeline
     from captioner.model.captioner import Captioner, image_transform_note
-    from captioner.model.decoding import DecodeSettings
+    from captioner.model.decode_settings import DecodeSettings
     from captioner.runtime import resolve_device
     from captioner.vision.images import expand_image_paths
 
@@ -202,80 +174,38 @@ def run_caption(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import time
-
-    from captioner.data.manifest import Manifest
-    from captioner.evaluation import caption_split
+    from captioner.evaluation import evaluate_split
     from captioner.fileio import atomic_write_json
-    from captioner.metrics import compute_metrics, format_table
-    from captioner.model.captioner import Captioner, DecodeSettings
+    from captioner.metrics import format_table
+    from captioner.model.decode_settings import DecodeSettings
     from captioner.runtime import resolve_device
 
-    started = time.perf_counter()
-    captioner = Captioner.from_pretrained_ensemble(
-        args.model, device=resolve_device(args.device), backbone_weights=None
-    )
-    manifest = Manifest.load(args.manifest)
-    if args.split not in manifest.split_names():
-        raise CaptionerError(
-            f"{args.manifest}: no split {args.split!r} (has {', '.join(manifest.split_names())})"
-        )
     decode = DecodeSettings(
         beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty
     )
-    split = caption_split(
-        captioner,
-        manifest,
+    report = evaluate_split(
+        args.model,
+        args.manifest,
         args.features,
         args.split,
         decode,
         batch_size=args.batch_size,
+        use_java=False if args.no_java else None,
+        device=resolve_device(args.device),
         progress=not args.no_progress,
     )
-    hyps = {key: result.caption for key, result in split.results.items()}
-    report = compute_metrics(split.references, hyps, use_java=False if args.no_java else None)
-    seconds = time.perf_counter() - started
+    metrics, captions = report.metrics, report.captions
     print(
-        f"{args.split} split of {args.manifest}: {report.num_images} images, "
-        f"{decode.describe()}, tokenizer {report.tokenizer}"
+        f"{args.split} split of {args.manifest}: {metrics.num_images} images, "
+        f"{decode.describe()}, tokenizer {metrics.tokenizer}"
     )
-    print(format_table(report))
-    for note in report.skipped:
+    print(format_table(metrics))
+    for note in [*metrics.skipped, *captions.notes]:
         print(f"note: {note}")
-    for note in split.notes:
-        print(f"note: {note}")
-    if split.skipped:
-        print(f"note: {len(split.skipped)} images without features were not evaluated")
+    if captions.skipped:
+        print(f"note: {len(captions.skipped)} images without features were not evaluated")
     if args.output:
-        atomic_write_json(
-            args.output,
-            {
-                "scores": report.scores,
-                "tokenizer": report.tokenizer,
-                "skipped_metrics": report.skipped,
-                "num_images": report.num_images,
-                "images_without_features": split.skipped,
-                "notes": split.notes,
-                "split": args.split,
-                "manifest": str(args.manifest),
-                "model": [str(m) for m in args.model],
-                "model_info": captioner.info,
-                "decoding": {
-                    "beam_size": decode.beam_size,
-                    "max_length": decode.max_length,
-                    "length_penalty": decode.length_penalty,
-                },
-                "seconds": round(seconds, 2),
-                "captions": {
-                    k: {
-                        "generated": hyps[k],
-                        "references": split.references[k],
-                        **report.per_image.get(k, {}),
-                    }
-                    for k in hyps
-                },
-            },
-        )
+        atomic_write_json(args.output, report.to_dict())
         print(f"report written to {args.output}")
     return 0
 
@@ -293,7 +223,8 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from captioner.data.manifest import Manifest
-    from captioner.model.captioner import Captioner, DecodeSettings
+    from captioner.model.captioner import Captioner
+    from captioner.model.decode_settings import DecodeSettings
     from captioner.report import write_report
     from captioner.runtime import resolve_device
 
@@ -322,9 +253,17 @@ def run_denoise(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from captioner.serve.run import serve
+    from captioner.cliargs import given_fields, settings_from_args
+    from captioner.serve.modelinfo import read_metrics
+    from captioner.serve.run import ServeLaunch, serve
+    from captioner.serve.schemas import ServeSettings
 
-    return serve(args)
+    limits = given_fields(ServeSettings, args)
+    if args.max_upload_mb is not None:
+        limits["max_upload_bytes"] = int(args.max_upload_mb * 2**20)
+    if args.metrics:
+        limits["metrics"] = read_metrics(args.metrics)
+    return serve(settings_from_args(ServeLaunch, args), ServeSettings(**limits, warm_up=True))
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from captioner.data.manifest import Manifest
 from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
+from captioner.metrics import MetricReport
 from captioner.model.captioner import (
     Captioner,
     CaptionResult,
-    DecodeSettings,
     check_backbone_matches,
     image_transform_note,
 )
+from captioner.model.decode_settings import DecodeSettings
 from captioner.runlog import Progress
 
 
@@ -91,3 +94,88 @@ def selection_scores(
     hyps = {key: caption.caption for key, caption in result.results.items()}
     report = compute_metrics(result.references, hyps, use_java=False)
     return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
+
+
+@dataclass
+class EvaluationReport:
+    """The scores of a model (or ensemble) on a split, with what produced them."""
+
+    metrics: MetricReport
+    captions: SplitCaptions
+    split: str
+    manifest: str
+    models: list[str]
+    model_info: dict[str, Any]
+    decode: DecodeSettings
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report of ``captioner evaluate --output`` (read by ``serve --metrics``,
+        scripts/results_table.py)."""
+        hyps = {key: result.caption for key, result in self.captions.results.items()}
+        return {
+            "scores": self.metrics.scores,
+            "tokenizer": self.metrics.tokenizer,
+            "skipped_metrics": self.metrics.skipped,
+            "num_images": self.metrics.num_images,
+            "images_without_features": self.captions.skipped,
+            "notes": self.captions.notes,
+            "split": self.split,
+            "manifest": self.manifest,
+            "model": self.models,
+            "model_info": self.model_info,
+            "decoding": {
+                "beam_size": self.decode.beam_size,
+                "max_length": self.decode.max_length,
+                "length_penalty": self.decode.length_penalty,
+            },
+            "seconds": round(self.seconds, 2),
+            "captions": {
+                k: {
+                    "generated": hyps[k],
+                    "references": self.captions.references[k],
+                    **self.metrics.per_image.get(k, {}),
+                }
+                for k in hyps
+            },
+        }
+
+
+def evaluate_split(
+    models: list[str | Path],
+    manifest_path: str | Path,
+    features_dir: str | Path,
+    split: str,
+    decode: DecodeSettings,
+    *,
+    batch_size: int = 64,
+    use_java: bool | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+) -> EvaluationReport:
+    """Load ``models`` (several: an ensemble), caption ``split`` and score it (pycocoevalcap;
+    ``use_java`` None: Java's tokenizer and METEOR where Java is installed)."""
+    from captioner.metrics import compute_metrics
+
+    started = time.perf_counter()
+    captioner = Captioner.from_pretrained_ensemble(models, device=device, backbone_weights=None)
+    manifest = Manifest.load(Path(manifest_path))
+    if split not in manifest.split_names():
+        raise CaptionerError(
+            f"{manifest_path}: no split {split!r} (has {', '.join(manifest.split_names())})"
+        )
+    captions = caption_split(
+        captioner, manifest, Path(features_dir), split, decode, batch_size, progress
+    )
+    hyps = {key: result.caption for key, result in captions.results.items()}
+    metrics = compute_metrics(captions.references, hyps, use_java=use_java)
+    return EvaluationReport(
+        metrics=metrics,
+        captions=captions,
+        split=split,
+        manifest=str(manifest_path),
+        models=[str(m) for m in models],
+        model_info=captioner.info,
+        decode=decode,
+        seconds=time.perf_counter() - started,
+    )

@@ -20,7 +20,8 @@ from captioner.errors import CaptionerError, ImageLoadError
 from captioner.evaluation import caption_split
 from captioner.fileio import atomic_write_bytes, atomic_write_json
 from captioner.metrics import compute_metrics
-from captioner.model.captioner import Captioner, CaptionResult, DecodeSettings
+from captioner.model.captioner import Captioner, CaptionResult
+from captioner.model.decode_settings import DecodeSettings
 from captioner.runlog import Progress
 
 THUMB_SIZE = 160

@@ -18,7 +18,8 @@ from captioner.evaluation import caption_split
 from captioner.features.extract import extract_manifest
 from captioner.fileio import atomic_write_json
 from captioner.metrics import compute_metrics, exact_match_rate
-from captioner.model.captioner import Captioner, DecodeSettings
+from captioner.model.captioner import Captioner
+from captioner.model.decode_settings import DecodeSettings
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
 from captioner.viz import write_attention_maps

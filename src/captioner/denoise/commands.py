@@ -47,7 +47,7 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--depths", help="conv layers per level (default 2,2,3,4)")
     p.add_argument("--activation", choices=("leaky_relu", "relu"), help="default leaky_relu")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="cpu (default) or cuda[:N]")
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (on a machine shared with other jobs: 1)"
     )
@@ -96,6 +96,7 @@ def run_denoise(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from captioner.cliargs import settings_from_args
     from captioner.training.denoiser import train_denoiser
     from captioner.training.denoiser_config import DenoiseTrainConfig, resume_config
 
@@ -112,36 +113,7 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         if args.images is None:
             raise CaptionerError("denoise train needs --images (a folder of clean photos)")
-        settings = {
-            k: getattr(args, k)
-            for k in (
-                "epochs",
-                "steps_per_epoch",
-                "batch_size",
-                "patch_size",
-                "learning_rate",
-                "warmup_steps",
-                "ema_decay",
-                "patience",
-                "val_images",
-                "max_images",
-                "max_minutes",
-                "noise",
-                "sigma_min",
-                "sigma_max",
-                "seed",
-                "threads",
-                "precision",
-            )
-            if getattr(args, k) is not None
-        }
-        config = DenoiseTrainConfig(
-            images=str(args.images),
-            out=str(args.out),
-            device=args.device,
-            progress=not args.no_progress,
-            **settings,
-        )
+        config = settings_from_args(DenoiseTrainConfig, args, progress=not args.no_progress)
         for key in ("widths", "depths"):
             if getattr(args, key):
                 try:

@@ -28,9 +28,9 @@ from captioner.fileio import (
     verify_sha256,
 )
 from captioner.model.config import ModelConfig
+from captioner.model.decode_settings import DecodeSettings
 from captioner.model.decoder import ShowAttendTell
 from captioner.model.decoding import (
-    DecodeSettings,
     Hypothesis,
     StepDecoder,
     beam_search,

@@ -17,6 +17,7 @@ import torch
 
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
 from captioner.model.config import ModelConfig
+from captioner.model.decode_settings import DecodeSettings
 
 
 class StepDecoder(Protocol):
@@ -41,6 +42,8 @@ class StepDecoder(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
+    def eval(self) -> Any: ...
+
 
 @dataclass
 class Hypothesis:
@@ -49,24 +52,6 @@ class Hypothesis:
     token_log_probs: list[float]  # per word
     attention: np.ndarray  # [len(token_ids), R]
     finished: bool  # True when <end> was emitted before max_length
-
-
-@dataclass
-class DecodeSettings:
-    """How to turn features into words (``beam_size`` 1 means greedy)."""
-
-    beam_size: int = 3
-    max_length: int = 30
-    length_penalty: float = 1.0
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def describe(self) -> str:
-        if self.sample:
-            return f"sampling (temperature {self.temperature}, top-k {self.top_k or 'all'})"
-        return "greedy" if self.beam_size == 1 else f"beam search (beam {self.beam_size})"
 
 
 def allowed_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -555,7 +555,7 @@ class Pipeline:
             cap_grids = grids[routed]  # the classifier's pass, read again: no second forward
         else:
             cap_grids = self._grids(self.captioner_backbone, [fresh[i].pixels for i in routed])
-        from captioner.model.captioner import DecodeSettings
+        from captioner.model.decode_settings import DecodeSettings
 
         s = self.settings
         decode = DecodeSettings(

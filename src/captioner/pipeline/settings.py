@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from captioner.errors import CaptionerError
+from captioner.model.decode_settings import DecodeSettings
 
 
 @dataclass
@@ -15,8 +16,8 @@ class PipelineSettings:
     caption_all: bool = False  # caption every readable image, whatever its kind
     photo_threshold: float | None = None  # None: the classifier's own
     denoise_size: str = "input"  # "input": at the captioner's resolution; "full": whole image
-    beam_size: int = 3  # 1: greedy
-    max_length: int = 30
+    beam_size: int = DecodeSettings.beam_size  # 1: greedy
+    max_length: int = DecodeSettings.max_length
     length_penalty: float = 1.0
     attention: bool = False  # write an attention-map PNG per captioned image
     save_denoised: bool = False  # write a full-resolution denoised copy of each denoised file

@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 
 from captioner.doctype.classifier import DocTypeClassifier
 from captioner.model.captioner import Captioner
+from captioner.model.decode_settings import DecodeSettings
 from captioner.serve.errors import ApiError, add_error_handlers, refusals, use_error_model
 from captioner.serve.fields import FormBool
 from captioner.serve.limits import BodyLimitMiddleware
@@ -201,8 +202,8 @@ def create_app(
             list[UploadFile],
             File(description=upload_description, json_schema_extra=upload_schema),
         ],
-        beam_size: Annotated[int, Form(ge=1, le=settings.max_beam)] = 3,
-        max_length: Annotated[int, Form(ge=1, le=settings.max_length)] = 30,
+        beam_size: Annotated[int, Form(ge=1, le=settings.max_beam)] = DecodeSettings.beam_size,
+        max_length: Annotated[int, Form(ge=1, le=settings.max_length)] = DecodeSettings.max_length,
         attention: Annotated[
             FormBool, Form(description="include per-token attention grids")
         ] = True,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from captioner.errors import CaptionerError
+from captioner.serve.schemas import ServeSettings
 
 if TYPE_CHECKING:
     from captioner.doctype.classifier import DocTypeClassifier
@@ -20,42 +21,54 @@ if TYPE_CHECKING:
 DEFAULT_MAX_THREADS = 4
 
 
-def serve(args: argparse.Namespace) -> int:
-    threads = configure_threads(args.threads)
+@dataclass
+class ServeLaunch:
+    """What ``captioner serve`` loads and where it listens (its options map onto this; the
+    service's limits are ``ServeSettings``)."""
+
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: min(4, CPU count)
+    backbone_weights: str = "DEFAULT"
+    denoise: Path | None = None
+    classifier: Path | None = None
+    catalogue: Path | None = None
+    log_level: str = "info"
+
+
+def serve(launch: ServeLaunch, settings: ServeSettings) -> int:
+    """Load the models of ``launch`` and run the app with ``settings`` until interrupted."""
+    threads = configure_threads(launch.threads)
     from captioner.model.captioner import Captioner
     from captioner.runtime import resolve_device
-    from captioner.serve.app import ServeSettings, create_app
+    from captioner.serve.app import create_app
     from captioner.serve.denoising import load_denoiser
-    from captioner.serve.modelinfo import read_metrics
 
-    for name, value in (("--port", args.port), ("--max-images", args.max_images)):
-        if value < (0 if name == "--port" else 1):
-            raise CaptionerError(f"{name} {value} is out of range")
-    if args.max_upload_mb <= 0:
+    if not 0 <= launch.port <= 65535:
+        raise CaptionerError(f"--port {launch.port} is out of range")
+    if settings.max_images < 1:
+        raise CaptionerError(f"--max-images {settings.max_images} is out of range")
+    if settings.max_upload_bytes <= 0:
         raise CaptionerError("--max-upload-mb must be positive")
-    device = resolve_device(args.device)
+    device = resolve_device(launch.device)
     captioner = Captioner.from_pretrained(
-        args.model, device=device, backbone_weights=args.backbone_weights
+        launch.model, device=device, backbone_weights=launch.backbone_weights
     )
-    denoiser = load_denoiser(args.denoise, device=str(device)) if args.denoise else None
-    classifier = load_classifier(args.classifier, captioner, device, args.backbone_weights)
-    settings = ServeSettings(
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_images=args.max_images,
-        max_queue=args.max_queue,
-        max_batch=args.max_batch,
-        metrics=read_metrics(args.metrics) if args.metrics else None,
-        warm_up=True,
+    denoiser = load_denoiser(launch.denoise, device=str(device)) if launch.denoise else None
+    classifier = load_classifier(launch.classifier, captioner, device, launch.backbone_weights)
+    app = create_app(
+        captioner, denoiser, settings, classifier=classifier, catalogue=launch.catalogue
     )
-    app = create_app(captioner, denoiser, settings, classifier=classifier, catalogue=args.catalogue)
     import uvicorn
 
     print(
-        f"captioner serve: {args.model} on {device} with {threads} threads"
-        f"{' + denoiser ' + str(args.denoise) if denoiser else ''}"
-        f"{' + classifier ' + str(args.classifier) if classifier else ''}"
-        f"{' + catalogue ' + str(args.catalogue) if args.catalogue else ''}; "
-        f"open http://{_url_host(args.host)}:{args.port}/",
+        f"captioner serve: {launch.model} on {device} with {threads} threads"
+        f"{' + denoiser ' + str(launch.denoise) if denoiser else ''}"
+        f"{' + classifier ' + str(launch.classifier) if classifier else ''}"
+        f"{' + catalogue ' + str(launch.catalogue) if launch.catalogue else ''}; "
+        f"open http://{_url_host(launch.host)}:{launch.port}/",
         file=sys.stderr,
         flush=True,
     )
@@ -65,13 +78,13 @@ def serve(args: argparse.Namespace) -> int:
             f"{captioner.info['image_transform']}; without --denoise, requests cannot ask for it",
             file=sys.stderr,
         )
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if launch.host not in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"captioner serve: listening on {args.host}: anyone who can reach it can use it "
+            f"captioner serve: listening on {launch.host}: anyone who can reach it can use it "
             "(there is no authentication)",
             file=sys.stderr,
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    uvicorn.run(app, host=launch.host, port=launch.port, log_level=launch.log_level, workers=1)
     return 0
 
 

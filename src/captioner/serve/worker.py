@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from captioner.model.captioner import Captioner, CaptionResult, DecodeSettings
+from captioner.model.captioner import Captioner, CaptionResult
+from captioner.model.decode_settings import DecodeSettings
 
 if TYPE_CHECKING:
     from captioner.doctype.classifier import DocTypeClassifier, DocTypePrediction
@@ -41,8 +42,8 @@ class WorkerStopped(Exception):
 
 @dataclass(frozen=True)
 class JobOptions:
-    beam_size: int = 3
-    max_length: int = 30
+    beam_size: int = DecodeSettings.beam_size
+    max_length: int = DecodeSettings.max_length
     denoise: bool = False
     caption: bool = True  # False: classify only (POST /v1/classify)
     caption_anyway: bool = False  # caption images the classifier says are not photos

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from captioner.cliargs import parse_assignments
 from captioner.errors import CaptionerError
 
 SELECTABLE = ("val_loss", "BLEU-4", "CIDEr")
@@ -94,25 +94,9 @@ class TrainConfig:
         return cls.from_dict(read_yaml_mapping(path, "config file", "a mapping of settings"))
 
     def override(self, assignments: list[str]) -> TrainConfig:
-        """Apply ``key=value`` strings (nanoGPT-style overrides), parsing values as YAML."""
-        data = self.to_dict()
-        for item in assignments:
-            key, sep, raw = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or key not in data:
-                raise CaptionerError(f"bad override {item!r}: expected KEY=VALUE with a known KEY")
-            value = yaml.safe_load(raw)
-            current = data[key]
-            if isinstance(current, float) and isinstance(value, int | str):
-                # YAML reads "2e-3" as a string and "1" as an int
-                with contextlib.suppress(ValueError):
-                    value = float(value)
-            if current is not None and not isinstance(value, type(current)):
-                raise CaptionerError(
-                    f"bad override {item!r}: {key} expects {type(current).__name__}"
-                )
-            data[key] = value
-        return TrainConfig.from_dict(data)
+        """Apply ``key=value`` strings (nanoGPT-style overrides), each value read as the type
+        its field declares."""
+        return replace(self, **parse_assignments(TrainConfig, assignments))
 
 
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def resume_config(
     epochs: int | None = None,
     max_minutes: float | None = None,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     threads: int | None = None,
     precision: str | None = None,
 ) -> DenoiseTrainConfig:
@@ -95,7 +95,8 @@ def resume_config(
     if max_minutes is not None:
         config.max_minutes = max_minutes
     config.progress = progress
-    config.device = device
+    if device is not None:
+        config.device = device
     if threads is not None:
         config.threads = threads
     if precision is not None:

@@ -30,12 +30,9 @@ from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
 from captioner.features.cache import FeatureCache
 from captioner.fileio import load_state
-from captioner.model.captioner import (
-    Captioner,
-    DecodeSettings,
-    check_backbone_matches,
-)
+from captioner.model.captioner import Captioner, check_backbone_matches
 from captioner.model.config import ModelConfig
+from captioner.model.decode_settings import DecodeSettings
 from captioner.model.decoder import ShowAttendTell
 from captioner.runtime import distributed, resolve_device, seed_everything
 from captioner.runtime.distributed import DistContext
