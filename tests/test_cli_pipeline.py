@@ -58,9 +58,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "2",
                 "--no-progress",
                 "--set",
-                "hidden_dim=32",
-                "attention_dim=32",
-                "encoder_dim=32",
+                "model.hidden_dim=32",
+                "model.attention_dim=32",
+                "model.encoder_dim=32",
             ]
         )
         == 0

@@ -34,7 +34,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["extract", *common, "--out", str(root / "den"), "--denoise", str(denoiser)]) == 0
     run = root / "run"
     train = ["train", "--manifest", str(manifest), "--features", str(root / "plain")]
-    small = ["--set", "hidden_dim=16", "attention_dim=16", "encoder_dim=16", "embed_dim=16"]
+    small = [
+        "--set",
+        "model.hidden_dim=16",
+        "model.attention_dim=16",
+        "model.encoder_dim=16",
+        "model.embed_dim=16",
+    ]
     assert main([*train, "--out", str(run), "--epochs", "1", "--no-progress", *small]) == 0
     return {
         "root": root,
@@ -90,7 +96,13 @@ def test_a_model_trained_on_denoised_features_notes_undenoised_input(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     manifest, root, denoiser = setup["manifest"], setup["root"], str(setup["denoiser"])
-    small = ["--set", "hidden_dim=16", "attention_dim=16", "encoder_dim=16", "embed_dim=16"]
+    small = [
+        "--set",
+        "model.hidden_dim=16",
+        "model.attention_dim=16",
+        "model.encoder_dim=16",
+        "model.embed_dim=16",
+    ]
     train = ["train", "--manifest", str(manifest), "--epochs", "1", "--no-progress", *small]
     assert main([*train, "--features", str(root / "den"), "--out", str(tmp_path / "run")]) == 0
     model = tmp_path / "run" / "model"

@@ -29,7 +29,12 @@ from captioner.cli import main
 from captioner.errors import ImageLoadError
 from captioner.vision.images import load_image
 
-SMALL_MODEL = ["hidden_dim=32", "attention_dim=32", "encoder_dim=32", "embed_dim=16"]
+SMALL_MODEL = [
+    "model.hidden_dim=32",
+    "model.attention_dim=32",
+    "model.encoder_dim=32",
+    "model.embed_dim=16",
+]
 CASE_BY_NAME = {case.name: case for case in IMAGE_CASES}
 # Which split each corpus image goes to in the pipeline's annotations (bad ones in every split).
 SPLITS = {

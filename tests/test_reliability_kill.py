@@ -301,8 +301,8 @@ def train_args(manifest: Path, features: Path, out: Path, resume: bool = False) 
         "train", "--manifest", manifest, "--features", features, "--out", out,
         "--epochs", EPOCHS, "--batch-size", "8", "--lr", "0.003", "--patience", "3",
         "--seed", "7", "--device", "cpu", *(["--resume"] if resume else []),
-        "--set", "hidden_dim=48", "attention_dim=32", "encoder_dim=32", "embed_dim=16",
-        "dropout=0.3", "lr_schedule=plateau",
+        "--set", "model.hidden_dim=48", "model.attention_dim=32", "model.encoder_dim=32",
+        "model.embed_dim=16", "model.dropout=0.3", "lr_schedule=plateau",
     )  # fmt: skip
 
 

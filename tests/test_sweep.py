@@ -16,10 +16,7 @@ from tests.tiny import write_tiny_dataset
 
 BASE = {
     "epochs": 1,
-    "hidden_dim": 16,
-    "attention_dim": 8,
-    "embed_dim": 8,
-    "encoder_dim": 8,
+    "model": {"hidden_dim": 16, "attention_dim": 8, "embed_dim": 8, "encoder_dim": 8},
     "progress": False,
 }
 

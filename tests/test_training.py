@@ -17,8 +17,9 @@ from tiny import CAPTIONS, write_tiny_dataset
 from captioner.errors import CaptionerError, CheckpointError
 from captioner.features.cache import FeatureCache
 from captioner.model.captioner import Captioner
+from captioner.model.config import DecoderShape
 from captioner.model.decode_settings import DecodeSettings
-from captioner.training.config import TrainConfig
+from captioner.training.config import SHAPE_FIELDS, TrainConfig
 from captioner.training.trainer import train
 
 
@@ -28,10 +29,6 @@ def tiny_config(root: Path, **kw) -> TrainConfig:
         manifest=str(manifest),
         features=str(features),
         out=str(root / "run"),
-        encoder_dim=32,
-        embed_dim=16,
-        attention_dim=32,
-        hidden_dim=64,
         epochs=60,
         batch_size=6,
         learning_rate=1e-2,
@@ -39,7 +36,9 @@ def tiny_config(root: Path, **kw) -> TrainConfig:
         progress=False,
         device="cpu",
     )
-    settings.update(kw)
+    shape = dict(encoder_dim=32, embed_dim=16, attention_dim=32, hidden_dim=64)
+    shape.update({k: kw.pop(k) for k in list(kw) if k in SHAPE_FIELDS})
+    settings.update(kw, model=DecoderShape(**shape))
     return TrainConfig(**settings)
 
 
@@ -65,7 +64,7 @@ def test_loss_falls_and_greedy_and_beam_recover_the_training_captions(overfit_ru
 def test_run_folder_has_config_vocab_curve_tensorboard_and_history(overfit_run) -> None:
     root, config, result = overfit_run
     run = Path(config.out)
-    assert json.loads((run / "train_config.json").read_text())["hidden_dim"] == 64
+    assert json.loads((run / "train_config.json").read_text())["model"]["hidden_dim"] == 64
     assert (run / "vocab.json").is_file() and (run / "loss_curve.png").stat().st_size > 1000
     assert any((run / "tensorboard").iterdir())
     history = json.loads((run / "history.json").read_text())
@@ -126,14 +125,16 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
     train(part)
     with pytest.raises(CaptionerError, match="--resume"):
         train(part)
-    other = dataclasses.replace(part, epochs=6, dropout=0.3, learning_rate=0.5)
-    with pytest.raises(CaptionerError, match=r"dropout: 0\.2 then, 0\.3 now; learning_rate"):
+    other = dataclasses.replace(
+        part, epochs=6, model=dataclasses.replace(part.model, dropout=0.3), learning_rate=0.5
+    )
+    with pytest.raises(CaptionerError, match=r"model\.dropout: 0\.2 then, 0\.3 now; learning_rate"):
         train(other, resume=True)
     part.epochs = 6
     resumed = train(part, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
     recorded = json.loads((Path(part.out) / "train_config.json").read_text())
-    assert recorded["epochs"] == 6 and recorded["dropout"] == 0.2
+    assert recorded["epochs"] == 6 and recorded["model"]["dropout"] == 0.2
     for a, b in zip(full.history, resumed.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)

@@ -19,9 +19,16 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_overrides_are_typed_and_checked() -> None:
-    config = TrainConfig().override(["epochs=7", "learning_rate=2e-3", "dropout=0", "tags={a: b}"])
+    config = TrainConfig().override(
+        ["epochs=7", "learning_rate=2e-3", "model.dropout=0", "tags={a: b}"]
+    )
     assert config.epochs == 7 and config.learning_rate == 0.002
-    assert isinstance(config.dropout, float) and config.tags == {"a": "b"}
+    assert isinstance(config.model.dropout, float) and config.tags == {"a": "b"}
+    assert config.model.hidden_dim == TrainConfig().model.hidden_dim  # the rest is kept
+    with pytest.raises(CaptionerError, match="known KEY"):
+        TrainConfig().override(["model.nonsense=1"])
+    with pytest.raises(CaptionerError, match="expects float"):
+        TrainConfig().override(["model.dropout=lots"])
     with pytest.raises(CaptionerError, match="known KEY"):
         TrainConfig().override(["nonsense=1"])
     with pytest.raises(CaptionerError, match="expects int"):
@@ -39,6 +46,14 @@ def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
     unknown.write_text("epoch: 3\n", encoding="utf-8")
     with pytest.raises(CaptionerError, match="unknown training settings: epoch"):
         TrainConfig.from_yaml(unknown)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("dropout: 0.3\n", encoding="utf-8")
+    with pytest.raises(CaptionerError, match=r"under model: now.*model\.dropout"):
+        TrainConfig.from_yaml(flat)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model:\n  dropout: 0.3\n  hidden: 3\n", encoding="utf-8")
+    with pytest.raises(CaptionerError, match="unknown decoder settings under model: hidden"):
+        TrainConfig.from_yaml(nested)
 
 
 def test_top_level_api_is_importable() -> None:

@@ -45,6 +45,7 @@ def write_tiny_dataset(root: Path, seed: int = 0) -> tuple[Path, Path, list[Imag
 
 def train_tiny(manifest: Path, features: Path, out: Path, epochs: int, seed: int = 0) -> Path:
     """A few epochs of a small decoder on a tiny dataset; returns its model folder."""
+    from captioner.model.config import DecoderShape
     from captioner.training.config import TrainConfig
     from captioner.training.trainer import train
 
@@ -54,10 +55,7 @@ def train_tiny(manifest: Path, features: Path, out: Path, epochs: int, seed: int
         out=str(out),
         epochs=epochs,
         batch_size=6,
-        hidden_dim=32,
-        attention_dim=16,
-        embed_dim=16,
-        encoder_dim=16,
+        model=DecoderShape(hidden_dim=32, attention_dim=16, embed_dim=16, encoder_dim=16),
         seed=seed,
         progress=False,
     )

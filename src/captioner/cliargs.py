@@ -56,18 +56,27 @@ def default_of(cls: type[Any], name: str) -> Any:
 def parse_assignments(cls: type[Any], items: list[str]) -> dict[str, Any]:
     """``["dropout=0.3", "tags={a: b}"]`` -> ``{"dropout": 0.3, ...}``, each value read as the
     type the field of ``cls`` declares; a bad key or value is one error naming the item."""
-    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in hints:
+        path = key.strip().replace("-", "_").split(".")
+        owner, into = cls, values
+        for part in path[:-1]:  # "model.dropout": a field of the nested dataclass
+            kind = (
+                typing.get_type_hints(owner).get(part) if dataclasses.is_dataclass(owner) else None
+            )
+            if kind is None or not dataclasses.is_dataclass(kind):
+                raise CaptionerError(f"bad override {item!r}: expected KEY=VALUE with a known KEY")
+            owner, into = kind, into.setdefault(part, {})
+        hints = typing.get_type_hints(owner)
+        name = path[-1]
+        if not sep or name not in hints or dataclasses.is_dataclass(hints[name]):
             raise CaptionerError(f"bad override {item!r}: expected KEY=VALUE with a known KEY")
         try:
-            values[key] = _read(raw.strip(), hints[key])
+            into[name] = _read(raw.strip(), hints[name])
         except (ValueError, yaml.YAMLError):
             raise CaptionerError(
-                f"bad override {item!r}: {key} expects {_name(hints[key])}"
+                f"bad override {item!r}: {name} expects {_name(hints[name])}"
             ) from None
     return values
 

@@ -19,6 +19,7 @@ from captioner.features.extract import extract_manifest
 from captioner.fileio import atomic_write_json
 from captioner.metrics import compute_metrics, exact_match_rate
 from captioner.model.captioner import Captioner
+from captioner.model.config import DecoderShape
 from captioner.model.decode_settings import DecodeSettings
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
@@ -80,8 +81,7 @@ def run_demo(
         learning_rate=2e-3,
         patience=3,
         seed=seed,
-        init_hidden="mean",
-        position_embedding=True,
+        model=DecoderShape(init_hidden="mean", position_embedding=True),
         lr_schedule="plateau",
         progress=progress,
         log_every=20,

@@ -100,10 +100,11 @@ def check_resumed_settings(
         raise CaptionerError(f"{recorded}: unreadable settings ({exc})") from None
     if not isinstance(before, dict):
         raise CaptionerError(f"{recorded}: unreadable settings (not a JSON object)")
+    before, current = _flat(before), _flat(current)
     differ = [  # settings the record lacks (added by a later version) are not compared
         f"{name}: {before[name]!r} then, {value!r} now"
         for name, value in current.items()
-        if name not in may_change and name in before and before[name] != value
+        if name.split(".")[0] not in may_change and name in before and before[name] != value
     ]
     if differ:
         allowed = ", ".join(sorted(may_change))
@@ -164,3 +165,14 @@ def load_training_state(
     version, internal, gauss = meta["rng_python"]
     random.setstate((version, tuple(internal), gauss))
     return dict(meta["progress"])
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """Nested settings (``model: {dropout: 0.3}``) as dotted names (``model.dropout``)."""
+    flat: dict[str, Any] = {}
+    for name, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update({f"{name}.{k}": v for k, v in _flat(value).items()})
+        else:
+            flat[name] = value
+    return flat

@@ -10,6 +10,7 @@ import yaml
 
 from captioner.cliargs import parse_assignments
 from captioner.errors import CaptionerError
+from captioner.model.config import DecoderShape
 
 SELECTABLE = ("val_loss", "BLEU-4", "CIDEr")
 
@@ -25,14 +26,8 @@ class TrainConfig:
     vocab_size: int = 5000
     min_word_count: int = 1
     max_caption_length: int = 40  # words; longer training captions are truncated
-    # model
-    encoder_dim: int = 256
-    embed_dim: int = 256
-    attention_dim: int = 512
-    hidden_dim: int = 512
-    dropout: float = 0.0
-    init_hidden: str = "zeros"
-    position_embedding: bool = False
+    # the decoder's shape (YAML ``model: {dropout: 0.3}``, ``--set model.dropout=0.3``)
+    model: DecoderShape = field(default_factory=DecoderShape)
     # optimisation
     epochs: int = 30
     batch_size: int = 32
@@ -61,6 +56,8 @@ class TrainConfig:
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, dict):  # from YAML or train_config.json
+            self.model = _shape(self.model)
         if self.lr_schedule not in ("constant", "plateau"):
             raise CaptionerError(
                 f"lr_schedule must be 'constant' or 'plateau', not {self.lr_schedule!r}"
@@ -85,6 +82,12 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
+        moved = [k for k in unknown if k in SHAPE_FIELDS]
+        if moved:
+            raise CaptionerError(
+                f"{', '.join(moved)}: the decoder's sizes are under model: now "
+                f"(YAML 'model: {{{moved[0]}: ...}}', --set model.{moved[0]}=...)"
+            )
         if unknown:
             raise CaptionerError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**data)
@@ -94,9 +97,25 @@ class TrainConfig:
         return cls.from_dict(read_yaml_mapping(path, "config file", "a mapping of settings"))
 
     def override(self, assignments: list[str]) -> TrainConfig:
-        """Apply ``key=value`` strings (nanoGPT-style overrides), each value read as the type
-        its field declares."""
-        return replace(self, **parse_assignments(TrainConfig, assignments))
+        """Apply ``key=value`` strings (nanoGPT-style overrides; ``model.KEY`` for the decoder's
+        shape), each value read as the type its field declares."""
+        values = parse_assignments(TrainConfig, assignments)
+        if isinstance(values.get("model"), dict):
+            values["model"] = replace(self.model, **values["model"])
+        return replace(self, **values)
+
+
+SHAPE_FIELDS = {f.name for f in fields(DecoderShape)}
+
+
+def _shape(data: dict[str, Any]) -> DecoderShape:
+    unknown = sorted(set(data) - SHAPE_FIELDS)
+    if unknown:
+        raise CaptionerError(f"unknown decoder settings under model: {', '.join(unknown)}")
+    try:
+        return DecoderShape(**data)
+    except ValueError as exc:
+        raise CaptionerError(f"model: {exc}") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:

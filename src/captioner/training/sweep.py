@@ -30,7 +30,7 @@ from captioner.data.manifest import Manifest
 from captioner.errors import CaptionerError
 from captioner.fileio import atomic_write_bytes, atomic_write_json, read_json_document
 from captioner.training.checkpoint import has_training_state
-from captioner.training.config import TrainConfig, read_yaml_mapping
+from captioner.training.config import SHAPE_FIELDS, TrainConfig, read_yaml_mapping
 from captioner.training.trainer import train
 
 RESULT_FILE = "sweep_result.json"
@@ -60,7 +60,8 @@ class SweepSpec:
         grid = data.get("grid")
         if not isinstance(grid, dict) or not grid:
             raise CaptionerError(f"{path}: 'grid' must map settings to lists of values")
-        known = set(base.to_dict()) | {IMAGE_COUNT}
+        known = set(base.to_dict()) - {"model"} | {IMAGE_COUNT}
+        known |= {f"model.{name}" for name in SHAPE_FIELDS}
         for key, values in grid.items():
             if key not in known:
                 raise CaptionerError(f"{path}: unknown setting {key!r} in the grid")

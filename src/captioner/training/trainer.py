@@ -146,17 +146,11 @@ class CaptionTrainingTask:
             train_cache, manifest.split("train"), vocab, config.max_caption_length
         )
         val_data = pair_captions(val_cache, manifest.split("val"), vocab, config.max_caption_length)
-        model_config = ModelConfig(
+        model_config = ModelConfig.of(
+            config.model,
             vocab_size=len(vocab),
             feature_channels=int(train_cache.header["channels"]),
             num_regions=int(np.prod(train_cache.header["grid"])),
-            encoder_dim=config.encoder_dim,
-            embed_dim=config.embed_dim,
-            attention_dim=config.attention_dim,
-            hidden_dim=config.hidden_dim,
-            dropout=config.dropout,
-            init_hidden=config.init_hidden,
-            position_embedding=config.position_embedding,
         )
         self.model = model = ShowAttendTell(model_config).to(device)
         self.optimizer = torch.optim.Adam(
