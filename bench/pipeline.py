@@ -60,13 +60,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.data.manifest import Manifest
 from captioner.denoise.denoiser import load_denoiser
 from captioner.doctype.classifier import DocTypeClassifier
+from captioner.evaluation.metrics import compute_metrics
 from captioner.fileio import atomic_write_json
-from captioner.metrics import compute_metrics
-from captioner.model.captioner import Captioner
-from captioner.model.decode_settings import DecodeSettings
 from captioner.pipeline.catalogue import Catalogue
 from captioner.pipeline.chain import CPU_FORWARD_BATCH, Pipeline, resized_pixels
 from captioner.pipeline.page import write_review_page

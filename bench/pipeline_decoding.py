@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from captioner.caption.captioner import Captioner
 from captioner.denoise.denoiser import load_denoiser
 from captioner.doctype.classifier import DocTypeClassifier
-from captioner.model.captioner import Captioner
 from captioner.pipeline.chain import Pipeline, _DecodeFiles
 from captioner.pipeline.settings import PipelineSettings
 

@@ -16,12 +16,12 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.losses import caption_loss
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
 from captioner.features.cache import FeatureCache
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.losses import caption_loss
 from captioner.training.data import CaptionFeatureDataset, collate_captions, pair_captions
 
 

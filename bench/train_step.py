@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
 from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig
 from captioner.training.precision import CompiledForward, Precision

@@ -9,7 +9,8 @@ BahdanauAttention (W1, W2, V), RNN_Decoder (Embedding, GRU with return_sequences
 return_state, fc1, fc2), the ``@tf.function`` ``train_step`` with its ``tf.GradientTape``
 teacher-forcing loop and masked SparseCategoricalCrossentropy, Adam, and its ``evaluate()``
 loop captioning one image at a time (argmax instead of sampling: greedy). The captioner side is
-``ShowAttendTell`` with the same sizes, ``caption_loss`` and Adam, and ``captioner.model.decoding``.
+``ShowAttendTell`` with the same sizes, ``caption_loss`` and Adam, and
+``captioner.caption.decoding``.
 Both sides get the same random features and captions; their timed blocks are interleaved and
 each figure is the median over the repeats, so a change in the machine's load hits both.
 
@@ -34,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.decoding import beam_search, greedy_decode
+from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.decoding import beam_search, greedy_decode
-from captioner.model.losses import caption_loss
 
 
 def parse_args() -> argparse.Namespace:

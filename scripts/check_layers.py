@@ -18,8 +18,8 @@ LAYERS: dict[str, int] = {
     "vision": 1, "viz": 1,  # plots draw pictures that vision loads
     "data": 2,
     "features": 3,
-    "doctype": 4, "denoise": 4, "model": 4, "metrics": 4,
-    "training": 5, "evaluation": 5, "report": 5,
+    "doctype": 4, "denoise": 4, "caption": 4,  # the three models: siblings
+    "training": 5, "evaluation": 5,
     "demo": 6, "serve": 6, "pipeline": 6, "commands": 7, "cli": 7,
     "__init__": 8,  # the package's API re-exports every layer (its __version__ is free to all)
 }  # fmt: skip

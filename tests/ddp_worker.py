@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
 from captioner.runtime import distributed
 from captioner.training.config import TrainConfig
 from captioner.training.precision import Precision

@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 from doctype_tiny import photo, text_page
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import Vocabulary
 from captioner.denoise.denoiser import save_denoiser
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
 from captioner.doctype.classifier import DocTypeClassifier
 from captioner.doctype.features import pool_grid
 from captioner.doctype.model import DocTypeConfig, DocTypeHead
-from captioner.model.captioner import Captioner
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.losses import caption_loss
 from captioner.vision.backbones import Backbone, load_backbone
 
 CAPTION = "a red circle above a blue square"

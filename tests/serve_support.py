@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import Vocabulary
-from captioner.model.captioner import Captioner
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.losses import caption_loss
 from captioner.vision.backbones import load_backbone
 
 #: What the tiny model learns to say about any picture.

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from test_features_extract import make_images, tiny_backbone
 from test_training import tiny_config
 
+from captioner.caption.captioner import Captioner
 from captioner.cli import main as cli_main
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
@@ -26,7 +27,6 @@ from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
 from captioner.features.extract import extract_split
 from captioner.features.sharded import RankCache
-from captioner.model.captioner import Captioner
 from captioner.runtime import distributed
 from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig

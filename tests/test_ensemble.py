@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.decoding import beam_search, greedy_decode
+from captioner.caption.ensemble import Ensemble
 from captioner.cli import main
 from captioner.data.vocabulary import START_ID, Vocabulary
 from captioner.errors import CaptionerError
-from captioner.model.captioner import Captioner
-from captioner.model.decoding import beam_search, greedy_decode
-from captioner.model.ensemble import Ensemble
 from tests.tiny import split_command, train_tiny, write_tiny_dataset
 
 

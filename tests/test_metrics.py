@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from captioner import metrics
 from captioner.errors import CaptionerError
-from captioner.metrics import (
+from captioner.evaluation import metrics
+from captioner.evaluation.metrics import (
     METRIC_NAMES,
     MetricReport,
     compute_metrics,

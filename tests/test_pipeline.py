@@ -16,11 +16,11 @@ from doctype_tiny import photo, text_page
 from fault_corpus import BAD_IMAGES, GOOD_IMAGES, write_image_corpus
 from pipeline_support import CAPTION, build_models, pipeline_args, write_mixed_folder
 
+from captioner.caption.captioner import Captioner
 from captioner.cli import main
 from captioner.denoise.denoiser import load_denoiser
 from captioner.doctype.classifier import DocTypeClassifier
 from captioner.errors import CaptionerError
-from captioner.model.captioner import Captioner
 from captioner.pipeline.catalogue import TIMING_COLUMNS, Catalogue, fts_query
 from captioner.pipeline.chain import Pipeline
 from captioner.pipeline.settings import PipelineSettings

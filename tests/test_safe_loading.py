@@ -21,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
 from captioner.cli import main
 from captioner.errors import CaptionerError, CheckpointError
-from captioner.model.captioner import Captioner
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
 
 
 class Hostile:

@@ -9,13 +9,13 @@ import torch
 from pycocoevalcap.cider.cider import Cider
 from safetensors.torch import load_file
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.decoding import sample_with_log_probs
 from captioner.cli import main
 from captioner.data.vocabulary import END_ID, PAD_ID
 from captioner.errors import CaptionerError
-from captioner.model.captioner import Captioner
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.decoding import sample_with_log_probs
 from captioner.training.cider_reward import CiderD
 from captioner.training.scst import ScstConfig, finetune, leave_one_out_advantage
 from tests.tiny import train_tiny, write_tiny_dataset

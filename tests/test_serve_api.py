@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 from PIL import Image, ImageFilter  # noqa: E402
 from serve_support import TINY_CAPTION, build_tiny_captioner, live_server, png_bytes  # noqa: E402
 
-from captioner.model.captioner import Captioner  # noqa: E402
+from captioner.caption.captioner import Captioner  # noqa: E402
 from captioner.serve import create_app  # noqa: E402
 from captioner.serve.uploads import safe_name  # noqa: E402
 

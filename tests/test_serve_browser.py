@@ -33,8 +33,8 @@ from serve_support import (  # noqa: E402
     write_search_catalogue,
 )
 
+from captioner.caption.captioner import Captioner  # noqa: E402
 from captioner.demo.shapes import render_scene, sample_scene  # noqa: E402
-from captioner.model.captioner import Captioner  # noqa: E402
 from captioner.serve import create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

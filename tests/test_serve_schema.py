@@ -38,7 +38,7 @@ from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 from schemathesis.specs.openapi.formats import unregister_string_format  # noqa: E402
 from serve_support import build_tiny_captioner, png_bytes, write_search_catalogue  # noqa: E402
 
-from captioner.model.captioner import Captioner  # noqa: E402
+from captioner.caption.captioner import Captioner  # noqa: E402
 from captioner.serve import create_app  # noqa: E402
 
 LONG_EXAMPLES = int(os.environ.get("CAPTIONER_SCHEMA_EXAMPLES", "0"))

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from serve_support import build_tiny_captioner, write_search_catalogue
 
+from captioner.caption.captioner import Captioner
 from captioner.errors import CaptionerError
-from captioner.model.captioner import Captioner
 from captioner.pipeline.catalogue import Catalogue
 from captioner.serve import create_app
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 
-from captioner.model.captioner import CaptionResult  # noqa: E402
+from captioner.caption.captioner import CaptionResult  # noqa: E402
 from captioner.serve.worker import JobOptions, ModelWorker, WorkerBusy, WorkerStopped  # noqa: E402
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from tiny import CAPTIONS, write_tiny_dataset
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.config import DecoderShape
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.errors import CaptionerError, CheckpointError
 from captioner.features.cache import FeatureCache
-from captioner.model.captioner import Captioner
-from captioner.model.config import DecoderShape
-from captioner.model.decode_settings import DecodeSettings
 from captioner.training.config import SHAPE_FIELDS, TrainConfig
 from captioner.training.trainer import train
 

@@ -45,7 +45,7 @@ def write_tiny_dataset(root: Path, seed: int = 0) -> tuple[Path, Path, list[Imag
 
 def train_tiny(manifest: Path, features: Path, out: Path, epochs: int, seed: int = 0) -> Path:
     """A few epochs of a small decoder on a tiny dataset; returns its model folder."""
-    from captioner.model.config import DecoderShape
+    from captioner.caption.config import DecoderShape
     from captioner.training.config import TrainConfig
     from captioner.training.trainer import train
 

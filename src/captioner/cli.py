@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from captioner import __version__
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.cliargs import default_of
 from captioner.denoise.commands import add_denoise_option, add_denoise_parser
 from captioner.doctype.commands import add_classify_parser
 from captioner.errors import CaptionerError
-from captioner.model.decode_settings import DecodeSettings
 from captioner.pipeline.commands import add_pipeline_parsers
 from captioner.training.scst_config import ScstConfig
 

@@ -111,9 +111,9 @@ def run_scst(args: argparse.Namespace) -> int:
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    from captioner.caption.captioner import Captioner, image_transform_note
+    from captioner.caption.decode_settings import DecodeSettings
     from captioner.denoise.commands import load_for_pipeline
-    from captioner.model.captioner import Captioner, image_transform_note
-    from captioner.model.decode_settings import DecodeSettings
     from captioner.runtime import resolve_device
     from captioner.vision.images import expand_image_paths
 
@@ -174,10 +174,10 @@ def run_caption(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from captioner.evaluation import evaluate_split
+    from captioner.caption.decode_settings import DecodeSettings
+    from captioner.evaluation.metrics import format_table
+    from captioner.evaluation.split import evaluate_split
     from captioner.fileio import atomic_write_json
-    from captioner.metrics import format_table
-    from captioner.model.decode_settings import DecodeSettings
     from captioner.runtime import resolve_device
 
     decode = DecodeSettings(
@@ -222,10 +222,10 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from captioner.caption.captioner import Captioner
+    from captioner.caption.decode_settings import DecodeSettings
     from captioner.data.manifest import Manifest
-    from captioner.model.captioner import Captioner
-    from captioner.model.decode_settings import DecodeSettings
-    from captioner.report import write_report
+    from captioner.evaluation.report import write_report
     from captioner.runtime import resolve_device
 
     captioner = Captioner.from_pretrained_ensemble(

@@ -168,10 +168,10 @@ def run_chain_demo(
 ) -> dict[str, Any]:
     """Train the demo's classifier and denoiser, run the pipeline over the embedded archive
     into ``out/catalogue``; return the figures (also in ``out/catalogue/demo.json``)."""
+    from captioner.caption.captioner import Captioner
     from captioner.denoise.denoiser import load_denoiser
     from captioner.doctype.classifier import DocTypeClassifier
     from captioner.fileio import atomic_write_json
-    from captioner.model.captioner import Captioner
     from captioner.pipeline.catalogue import Catalogue
     from captioner.pipeline.chain import Pipeline
     from captioner.pipeline.run import describe, run_archive

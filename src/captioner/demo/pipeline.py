@@ -12,15 +12,15 @@ import shutil
 import time
 from pathlib import Path
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.config import DecoderShape
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.data.prepare import format_summary, prepare_dataset
 from captioner.demo.shapes import generate_shapes_dataset
-from captioner.evaluation import caption_split
+from captioner.evaluation.metrics import compute_metrics, exact_match_rate
+from captioner.evaluation.split import caption_split
 from captioner.features.extract import extract_manifest
 from captioner.fileio import atomic_write_json
-from captioner.metrics import compute_metrics, exact_match_rate
-from captioner.model.captioner import Captioner
-from captioner.model.config import DecoderShape
-from captioner.model.decode_settings import DecodeSettings
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
 from captioner.viz import write_attention_maps

@@ -43,9 +43,9 @@ from captioner.vision.backbones import Backbone
 from captioner.vision.images import full_size, load_image, load_image_bytes
 
 if TYPE_CHECKING:
+    from captioner.caption.captioner import Captioner, CaptionResult
     from captioner.denoise.denoiser import Denoiser
     from captioner.doctype.classifier import DocTypeClassifier, DocTypePrediction
-    from captioner.model.captioner import Captioner, CaptionResult
 
 THUMBNAIL_SIDE = 160
 DISPLAY_SIDE = 320  # attention maps are drawn on a copy this large
@@ -228,7 +228,7 @@ def captioner_id(captioner: Captioner) -> str:
 
 
 def _same_backbone(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    from captioner.model.captioner import check_backbone_matches
+    from captioner.caption.captioner import check_backbone_matches
 
     try:
         check_backbone_matches(a, b)
@@ -351,7 +351,7 @@ class Pipeline:
 
     def notes(self) -> list[str]:
         """Remarks for the user: a captioner trained on other images than it is given."""
-        from captioner.model.captioner import image_transform_note
+        from captioner.caption.captioner import image_transform_note
 
         if self.captioner is None:
             return []
@@ -555,7 +555,7 @@ class Pipeline:
             cap_grids = grids[routed]  # the classifier's pass, read again: no second forward
         else:
             cap_grids = self._grids(self.captioner_backbone, [fresh[i].pixels for i in routed])
-        from captioner.model.decode_settings import DecodeSettings
+        from captioner.caption.decode_settings import DecodeSettings
 
         s = self.settings
         decode = DecodeSettings(

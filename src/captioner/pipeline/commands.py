@@ -141,7 +141,7 @@ def load_models(args: argparse.Namespace, device: Any) -> tuple[Any, Any, Any]:
     captioner's backbone when it was trained on the same one."""
     captioner = classifier = denoiser = None
     if args.model is not None:
-        from captioner.model.captioner import Captioner
+        from captioner.caption.captioner import Captioner
 
         captioner = Captioner.from_pretrained(
             args.model, device=device, backbone_weights=args.backbone_weights

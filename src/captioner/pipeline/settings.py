@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.errors import CaptionerError
-from captioner.model.decode_settings import DecodeSettings
 
 
 @dataclass

@@ -20,9 +20,9 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from captioner.caption.captioner import Captioner
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.doctype.classifier import DocTypeClassifier
-from captioner.model.captioner import Captioner
-from captioner.model.decode_settings import DecodeSettings
 from captioner.serve.errors import ApiError, add_error_handlers, refusals, use_error_model
 from captioner.serve.fields import FormBool
 from captioner.serve.limits import BodyLimitMiddleware

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from captioner.caption.captioner import Captioner
 from captioner.errors import CaptionerError
-from captioner.model.captioner import Captioner
 
 if TYPE_CHECKING:
     from captioner.doctype.classifier import DocTypeClassifier

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from captioner.model.captioner import CaptionResult
+from captioner.caption.captioner import CaptionResult
 from captioner.serve.denoising import png_data_url
 from captioner.serve.schemas import (
     CaptionResponse,

@@ -15,8 +15,8 @@ from captioner.errors import CaptionerError
 from captioner.serve.schemas import ServeSettings
 
 if TYPE_CHECKING:
+    from captioner.caption.captioner import Captioner
     from captioner.doctype.classifier import DocTypeClassifier
-    from captioner.model.captioner import Captioner
 
 DEFAULT_MAX_THREADS = 4
 
@@ -41,7 +41,7 @@ class ServeLaunch:
 def serve(launch: ServeLaunch, settings: ServeSettings) -> int:
     """Load the models of ``launch`` and run the app with ``settings`` until interrupted."""
     threads = configure_threads(launch.threads)
-    from captioner.model.captioner import Captioner
+    from captioner.caption.captioner import Captioner
     from captioner.runtime import resolve_device
     from captioner.serve.app import create_app
     from captioner.serve.denoising import load_denoiser

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from captioner.model.captioner import Captioner, CaptionResult
-from captioner.model.decode_settings import DecodeSettings
+from captioner.caption.captioner import Captioner, CaptionResult
+from captioner.caption.decode_settings import DecodeSettings
 
 if TYPE_CHECKING:
     from captioner.doctype.classifier import DocTypeClassifier, DocTypePrediction

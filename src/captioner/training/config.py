@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
+from captioner.caption.config import DecoderShape
 from captioner.cliargs import parse_assignments
 from captioner.errors import CaptionerError
-from captioner.model.config import DecoderShape
 
 SELECTABLE = ("val_loss", "BLEU-4", "CIDEr")
 

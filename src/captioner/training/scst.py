@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.caption.captioner import Captioner, check_backbone_matches
+from captioner.caption.decode_settings import DecodeSettings
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.decoding import sample_with_log_probs
 from captioner.data.manifest import Manifest
 from captioner.data.text import tokenize
 from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
-from captioner.model.captioner import Captioner, check_backbone_matches
-from captioner.model.decode_settings import DecodeSettings
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.decoding import sample_with_log_probs
 from captioner.runtime import resolve_device, seed_everything
 from captioner.training.cider_reward import CiderD
 from captioner.training.loop import EpochTools, LoopSettings, check_start, fit
@@ -104,7 +104,7 @@ class ScstTask:
         return {"train_reward": self._train_epoch(order, epoch, tools)}
 
     def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
-        from captioner.evaluation import selection_scores
+        from captioner.evaluation.split import selection_scores
 
         config = self.config
         decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_length)

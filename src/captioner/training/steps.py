@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
+from captioner.caption.decoder import ShowAttendTell, TeacherForcingOutput
+from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import PAD_ID
-from captioner.model.decoder import ShowAttendTell, TeacherForcingOutput
-from captioner.model.losses import caption_loss
 from captioner.runtime import distributed
 from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig

@@ -26,14 +26,14 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner import runlog
+from captioner.caption.captioner import Captioner, check_backbone_matches
+from captioner.caption.config import ModelConfig
+from captioner.caption.decode_settings import DecodeSettings
+from captioner.caption.decoder import ShowAttendTell
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
 from captioner.features.cache import FeatureCache
 from captioner.fileio import load_state
-from captioner.model.captioner import Captioner, check_backbone_matches
-from captioner.model.config import ModelConfig
-from captioner.model.decode_settings import DecodeSettings
-from captioner.model.decoder import ShowAttendTell
 from captioner.runtime import distributed, resolve_device, seed_everything
 from captioner.runtime.distributed import DistContext
 from captioner.training.config import TrainConfig
@@ -276,7 +276,7 @@ def validation_metrics(
     config: TrainConfig,
 ) -> dict[str, float]:
     """BLEU-4 and CIDEr of real decoding (not teacher forcing) on the validation split."""
-    from captioner.evaluation import selection_scores
+    from captioner.evaluation.split import selection_scores
 
     decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_caption_length)
     captioner = Captioner(model, vocab, backbone_header)

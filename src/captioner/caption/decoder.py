@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from captioner.caption.attention import BahdanauAttention
+from captioner.caption.config import ModelConfig
 from captioner.data.vocabulary import PAD_ID
-from captioner.model.attention import BahdanauAttention
-from captioner.model.config import ModelConfig
 
 
 @dataclass

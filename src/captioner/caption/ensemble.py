@@ -1,6 +1,6 @@
 """Several trained decoders decoding as one: the word distribution is the mean of theirs.
 
-``Ensemble`` is a ``StepDecoder`` (model/decoding.py) like ``ShowAttendTell``, so greedy,
+``Ensemble`` is a ``StepDecoder`` (caption/decoding.py) like ``ShowAttendTell``, so greedy,
 sampling and beam search work on it unchanged. The
 members' hidden states travel concatenated in one tensor (beam search reorders it by rows);
 ``step`` returns log(mean of the members' probabilities) as the logits and the mean attention.
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from captioner.caption.decoder import EncodedImages, ShowAttendTell
+from captioner.caption.decoding import allowed_logits
 from captioner.errors import CaptionerError
-from captioner.model.decoder import EncodedImages, ShowAttendTell
-from captioner.model.decoding import allowed_logits
 
 
 class EnsembleEncoded:

@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from captioner.data.manifest import Manifest
-from captioner.errors import CaptionerError
-from captioner.features.cache import FeatureCache
-from captioner.metrics import MetricReport
-from captioner.model.captioner import (
+from captioner.caption.captioner import (
     Captioner,
     CaptionResult,
     check_backbone_matches,
     image_transform_note,
 )
-from captioner.model.decode_settings import DecodeSettings
+from captioner.caption.decode_settings import DecodeSettings
+from captioner.data.manifest import Manifest
+from captioner.errors import CaptionerError
+from captioner.evaluation.metrics import MetricReport
+from captioner.features.cache import FeatureCache
 from captioner.runlog import Progress
 
 
@@ -87,7 +87,7 @@ def selection_scores(
 ) -> dict[str, float]:
     """BLEU-4 and CIDEr of real decoding of ``split``, from the pure-Python scorer: what model
     selection reads after each epoch (no Java start-up, no progress bar)."""
-    from captioner.metrics import compute_metrics
+    from captioner.evaluation.metrics import compute_metrics
 
     captioner.model.eval()
     result = caption_split(captioner, manifest, features_dir, split, decode, progress=False)
@@ -155,7 +155,7 @@ def evaluate_split(
 ) -> EvaluationReport:
     """Load ``models`` (several: an ensemble), caption ``split`` and score it (pycocoevalcap;
     ``use_java`` None: Java's tokenizer and METEOR where Java is installed)."""
-    from captioner.metrics import compute_metrics
+    from captioner.evaluation.metrics import compute_metrics
 
     started = time.perf_counter()
     captioner = Captioner.from_pretrained_ensemble(models, device=device, backbone_weights=None)

@@ -18,6 +18,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from captioner.caption.config import ModelConfig
+from captioner.caption.decode_settings import DecodeSettings
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.decoding import (
+    Hypothesis,
+    StepDecoder,
+    beam_search,
+    greedy_decode,
+    sample_decode,
+)
 from captioner.data.vocabulary import Vocabulary
 from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
 from captioner.fileio import (
@@ -26,16 +36,6 @@ from captioner.fileio import (
     load_state,
     read_json_document,
     verify_sha256,
-)
-from captioner.model.config import ModelConfig
-from captioner.model.decode_settings import DecodeSettings
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.decoding import (
-    Hypothesis,
-    StepDecoder,
-    beam_search,
-    greedy_decode,
-    sample_decode,
 )
 
 FORMAT = "captioner-model"
@@ -154,7 +154,7 @@ class Captioner:
     ) -> Captioner:
         """Load several folders as one captioner averaging their word probabilities (one folder:
         that model alone). They must share the vocabulary and the backbone."""
-        from captioner.model.ensemble import Ensemble
+        from captioner.caption.ensemble import Ensemble
 
         if len(folders) == 1:
             return cls.from_pretrained(folders[0], device, backbone_weights)

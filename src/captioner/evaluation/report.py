@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captioner.caption.captioner import Captioner, CaptionResult
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.data.manifest import Manifest
 from captioner.errors import CaptionerError, ImageLoadError
-from captioner.evaluation import caption_split
+from captioner.evaluation.metrics import compute_metrics
+from captioner.evaluation.split import caption_split
 from captioner.fileio import atomic_write_bytes, atomic_write_json
-from captioner.metrics import compute_metrics
-from captioner.model.captioner import Captioner, CaptionResult
-from captioner.model.decode_settings import DecodeSettings
 from captioner.runlog import Progress
 
 THUMB_SIZE = 160

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from captioner.caption.config import ModelConfig
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
-from captioner.model.config import ModelConfig
-from captioner.model.decode_settings import DecodeSettings
 
 
 class StepDecoder(Protocol):

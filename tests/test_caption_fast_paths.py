@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from captioner.caption.attention import BahdanauAttention
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
-from captioner.model.attention import BahdanauAttention
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.losses import caption_loss
 
 
 def make_model(**kw: object) -> ShowAttendTell:

@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 
+from captioner.caption.config import ModelConfig
+from captioner.caption.decoder import ShowAttendTell
+from captioner.caption.decoding import beam_search, greedy_decode, sample_decode
+from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import END_ID, PAD_ID, START_ID
-from captioner.model.config import ModelConfig
-from captioner.model.decoder import ShowAttendTell
-from captioner.model.decoding import beam_search, greedy_decode, sample_decode
-from captioner.model.losses import caption_loss
 
 
 def make_model(vocab_size: int = 12, seed: int = 0, **kw) -> ShowAttendTell:
