@@ -16,6 +16,11 @@ from captioner.denoise import load_denoiser
 from captioner.features.cache import FeatureCache
 from captioner.vision.backbones import offline_mobilenet_weights
 
+SMALL_DECODER = [
+    "--set",
+    *(f"model.{k}_dim=16" for k in ("hidden", "attention", "encoder", "embed")),
+]
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -34,13 +39,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["extract", *common, "--out", str(root / "den"), "--denoise", str(denoiser)]) == 0
     run = root / "run"
     train = ["train", "--manifest", str(manifest), "--features", str(root / "plain")]
-    small = [
-        "--set",
-        "model.hidden_dim=16",
-        "model.attention_dim=16",
-        "model.encoder_dim=16",
-        "model.embed_dim=16",
-    ]
+    small = SMALL_DECODER
     assert main([*train, "--out", str(run), "--epochs", "1", "--no-progress", *small]) == 0
     return {
         "root": root,
@@ -96,13 +95,7 @@ def test_a_model_trained_on_denoised_features_notes_undenoised_input(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     manifest, root, denoiser = setup["manifest"], setup["root"], str(setup["denoiser"])
-    small = [
-        "--set",
-        "model.hidden_dim=16",
-        "model.attention_dim=16",
-        "model.encoder_dim=16",
-        "model.embed_dim=16",
-    ]
+    small = SMALL_DECODER
     train = ["train", "--manifest", str(manifest), "--epochs", "1", "--no-progress", *small]
     assert main([*train, "--features", str(root / "den"), "--out", str(tmp_path / "run")]) == 0
     model = tmp_path / "run" / "model"

@@ -273,7 +273,7 @@ class Captioner:
         return [self._result(h) for h in hyps]
 
     def _result(self, hyp: Hypothesis) -> CaptionResult:
-        words = [self.vocab.id_to_token(i) for i in hyp.token_ids]
+        words = self.vocab.decode(hyp.token_ids)
         return CaptionResult(
             caption=" ".join(words),
             tokens=words,
