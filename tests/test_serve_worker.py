@@ -14,6 +14,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 
 from captioner.caption.captioner import CaptionResult  # noqa: E402
+from captioner.caption.decode_settings import DecodeSettings
 from captioner.serve.worker import JobOptions, ModelWorker, WorkerBusy, WorkerStopped  # noqa: E402
 
 
@@ -31,13 +32,15 @@ class EchoCaptioner:
         self.active = 0
         self.max_active = 0
 
-    def caption(self, images: list[Image.Image], **options: Any) -> list[CaptionResult]:
+    def caption(
+        self, images: list[Image.Image], decode: DecodeSettings, **options: Any
+    ) -> list[CaptionResult]:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         self.entered.set()
         self.gate.wait(10)
         self.threads.add(threading.current_thread().name)
-        self.calls.append((len(images), options["beam_size"], options["max_length"]))
+        self.calls.append((len(images), decode.beam_size, decode.max_length))
         time.sleep(0.005)
         self.active -= 1
         if any(image.width == 13 for image in images):
