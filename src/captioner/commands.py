@@ -46,6 +46,7 @@ def run_extract(args: argparse.Namespace) -> int:
         backbone_name=args.backbone,
         weights=args.weights,
         splits=splits,
+        image_size=args.image_size,
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=str(resolve_device(args.device)),

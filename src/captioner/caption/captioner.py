@@ -181,7 +181,8 @@ class Captioner:
         """Build the CNN the features came from and check it is the same one."""
         from captioner.vision.backbones import load_backbone
 
-        backbone = load_backbone(self.backbone_header["backbone"], weights)
+        size = self.backbone_header.get("preprocessing", {}).get("image_size")
+        backbone = load_backbone(self.backbone_header["backbone"], weights, size)
         check_backbone_matches(backbone.header(), self.backbone_header)
         self.backbone = backbone.to(device).eval()
 

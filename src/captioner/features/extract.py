@@ -227,14 +227,16 @@ def extract_manifest(
     backbone_name: str = "mobilenet_v2",
     weights: str = "DEFAULT",
     splits: list[str] | None = None,
+    image_size: int | None = None,
     **kw: Any,
 ) -> dict[str, ExtractReport]:
-    """Extract every split (or ``splits``) of a manifest into ``out_dir/<split>/``."""
+    """Extract every split (or ``splits``) of a manifest into ``out_dir/<split>/``;
+    ``image_size`` resizes the input (default: the backbone's own size)."""
     names = manifest.split_names()
     unknown = [name for name in splits or [] if name not in names]
     if unknown:
         raise CaptionerError(f"unknown split(s) {unknown}; the manifest has {names}")
-    backbone = load_backbone(backbone_name, weights)
+    backbone = load_backbone(backbone_name, weights, image_size)
     ctx, device = distributed.setup(torch.device(kw.get("device", "cpu")))
     kw["device"] = str(device)  # cuda:LOCAL_RANK under torchrun
     reports: dict[str, ExtractReport] = {}

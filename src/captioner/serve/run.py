@@ -99,10 +99,13 @@ def load_classifier(
 
     config = read_classifier_config(path)
     mine = captioner.backbone
-    shared = (
+    from captioner.vision.backbones import default_image_size
+
+    shared = (  # the classifier reads the backbone at its own input size
         mine is not None
         and mine.name == config.backbone
         and mine.weights_id == config.backbone_weights_id
+        and mine.preprocessing.image_size == default_image_size(mine.name)
     )
     return DocTypeClassifier.from_pretrained(
         path, device=device, backbone_weights=backbone_weights, backbone=mine if shared else None

