@@ -232,3 +232,16 @@ def test_compile_failure_falls_back_to_eager_with_a_notice(
         # compile pads captions to a multiple of 8 steps; pads do not change the loss
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+
+
+def test_auto_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from captioner.training import precision as module
+
+    monkeypatch.setattr(module, "native_cpu_bf16", lambda: False)
+    assert Precision("auto", CPU).name == "fp32"  # emulated bf16 would be slower, not faster
+    monkeypatch.setattr(module, "native_cpu_bf16", lambda: True)
+    assert Precision("auto", CPU).name == "bf16"
+    assert Precision("fp32", CPU).name == "fp32"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert module.resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert TrainConfig(precision="auto").precision == "auto"  # resolved per run, not saved

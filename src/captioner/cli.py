@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        help="autocast precision (bf16 on CPU or CUDA; fp16 on CUDA with loss scaling)",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        help="autocast precision (bf16 on CPU or CUDA; fp16 on CUDA with loss scaling; auto: "
+        "bf16 where the device runs it natively, else fp32 on CPU / fp16 on CUDA)",
     )
     p.add_argument(
         "--compile",

@@ -53,7 +53,7 @@ def add_denoise_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=("fp32", "bf16", "fp16", "auto"),
         help="autocast of the training steps (fp32; bf16 on CPU or CUDA, fp16 on CUDA)",
     )
     p.add_argument("--no-progress", action="store_true")

@@ -51,7 +51,7 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 100
     progress: bool = True
-    precision: str = "fp32"  # "fp32" | "bf16" (CPU or CUDA) | "fp16" (CUDA, GradScaler)
+    precision: str = "fp32"  # "fp32" | "bf16" (CPU or CUDA) | "fp16" (CUDA, GradScaler) | "auto"
     compile: bool = False  # torch.compile the decoder's training forward
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -66,9 +66,9 @@ class TrainConfig:
             raise CaptionerError("epochs, batch_size and patience must be >= 1")
         if self.learning_rate <= 0:
             raise CaptionerError("learning_rate must be > 0")
-        if self.precision not in ("fp32", "bf16", "fp16"):
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
             raise CaptionerError(
-                f"precision must be 'fp32', 'bf16' or 'fp16', not {self.precision!r}"
+                f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', not {self.precision!r}"
             )
         if self.select_on not in SELECTABLE:
             raise CaptionerError(f"select_on must be one of {', '.join(SELECTABLE)}")

@@ -1,7 +1,10 @@
 """Mixed precision (bf16 / fp16 autocast, GradScaler) and ``torch.compile`` for the training loop.
 
-``fp32`` changes nothing. ``bf16`` runs the forward pass under ``torch.autocast`` on CPU or CUDA
-(same exponent range as fp32: no loss scaling needed). ``fp16`` needs CUDA and scales the loss
+``fp32`` changes nothing. ``auto`` picks for the device: bf16 on a CPU with native bf16
+(oneDNN's AVX-512 paths; on an AVX2-only CPU bf16 is emulated and ~35x slower than fp32, see
+docs/BENCHMARKS.md), else fp32; bf16 on a CUDA device that supports it, else fp16. ``bf16``
+runs the forward pass under ``torch.autocast`` on CPU or CUDA (same exponent range as fp32: no
+loss scaling needed). ``fp16`` needs CUDA and scales the loss
 with ``torch.amp.GradScaler`` so small gradients do not underflow. The loss itself is always
 computed in fp32 from the (possibly low-precision) logits.
 """
@@ -16,7 +19,28 @@ import torch
 
 from captioner.errors import CaptionerError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def native_cpu_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (else it is emulated, and slow)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``name``, or for ``auto`` the precision that pays on ``device``."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and native_cpu_bf16():
+        return "bf16"
+    return "fp32"
+
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -26,6 +50,7 @@ class Precision:
     def __init__(self, name: str, device: torch.device) -> None:
         if name not in PRECISIONS:
             raise CaptionerError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+        name = resolve_precision(name, device)
         if name == "fp16" and device.type != "cuda":
             raise CaptionerError(
                 f"precision fp16 needs a CUDA device (this run uses {device}); "
