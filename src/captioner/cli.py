@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "MobileNetV2 a 14x14 grid)",
     )
     p.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
+    p.add_argument(
+        "--views",
+        help="also cache the train split flipped/turned, e.g. hflip,rot90 or dihedral (all 7): "
+        "augmentation for `train --set views=[...]` (aerial photos; not for 'left of' captions)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
     p.add_argument("--device", default="auto")

@@ -36,6 +36,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from captioner.features.extract import extract_manifest
     from captioner.runtime import resolve_device
     from captioner.runtime.distributed import is_main_process
+    from captioner.vision.views import parse_views
 
     manifest = Manifest.load(args.manifest)
     splits = args.splits.split(",") if args.splits else None
@@ -47,6 +48,7 @@ def run_extract(args: argparse.Namespace) -> int:
         weights=args.weights,
         splits=splits,
         image_size=args.image_size,
+        views=parse_views(args.views) if args.views else (),
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=str(resolve_device(args.device)),

@@ -30,6 +30,7 @@ from captioner.runlog import Progress
 from captioner.runtime import distributed
 from captioner.vision.backbones import Backbone, load_backbone
 from captioner.vision.images import load_image
+from captioner.vision.views import ViewTransform, view_folder
 
 if TYPE_CHECKING:
     from captioner.data.manifest import Manifest
@@ -228,10 +229,13 @@ def extract_manifest(
     weights: str = "DEFAULT",
     splits: list[str] | None = None,
     image_size: int | None = None,
+    views: list[str] | tuple[str, ...] = (),
     **kw: Any,
 ) -> dict[str, ExtractReport]:
     """Extract every split (or ``splits``) of a manifest into ``out_dir/<split>/``;
-    ``image_size`` resizes the input (default: the backbone's own size)."""
+    ``image_size`` resizes the input (default: the backbone's own size). With ``views``
+    (vision/views.py) the train split is extracted again under each view, into
+    ``out_dir/train@<view>/`` (reports keyed the same way)."""
     names = manifest.split_names()
     unknown = [name for name in splits or [] if name not in names]
     if unknown:
@@ -246,6 +250,21 @@ def extract_manifest(
             reports[name] = extract_split(
                 list(records.items()), Path(out_dir) / name, backbone, **kw
             )
+            if name != "train":
+                continue
+            for view in views:
+                folder = view_folder(name, view)
+                header = {**(kw.get("extra_header") or {}), "view": view}
+                reports[folder] = extract_split(
+                    list(records.items()),
+                    Path(out_dir) / folder,
+                    backbone,
+                    **{
+                        **kw,
+                        "image_transform": ViewTransform(view, kw.get("image_transform")),
+                        "extra_header": header,
+                    },
+                )
     finally:
         distributed.teardown(ctx)
     return reports

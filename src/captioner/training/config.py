@@ -11,6 +11,7 @@ import yaml
 from captioner.caption.config import DecoderShape
 from captioner.cliargs import parse_assignments
 from captioner.errors import CaptionerError
+from captioner.vision.views import parse_views
 
 SELECTABLE = ("val_loss", "BLEU-4", "CIDEr")
 
@@ -54,10 +55,14 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32" | "bf16" (CPU or CUDA) | "fp16" (CUDA, GradScaler) | "auto"
     compile: bool = False  # torch.compile the decoder's training forward
     tags: dict[str, str] = field(default_factory=dict)
+    # augmentation: views of the training images (vision/views.py; `extract --views`), one drawn
+    # per caption and epoch beside the plain features. For aerial photos, not for "left of".
+    views: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # from YAML or train_config.json
             self.model = _shape(self.model)
+        self.views = parse_views(self.views)
         if self.lr_schedule not in ("constant", "plateau"):
             raise CaptionerError(
                 f"lr_schedule must be 'constant' or 'plateau', not {self.lr_schedule!r}"

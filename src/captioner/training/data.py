@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,16 +52,48 @@ def pair_captions(
 
 
 class CaptionFeatureDataset(Dataset):
-    def __init__(self, cache: FeatureCache, data: SplitData) -> None:
+    """Pairs of (feature grid, caption); with ``views`` (caches of the same images flipped or
+    turned, same rows) an index ``(i, v)`` reads pair ``i`` from view ``v`` (0: the plain
+    cache)."""
+
+    def __init__(
+        self, cache: FeatureCache, data: SplitData, views: Sequence[FeatureCache] = ()
+    ) -> None:
         self.cache = cache
+        self.caches = [cache, *views]
         self.data = data
 
     def __len__(self) -> int:
         return len(self.data.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = np.asarray(self.cache.features(self.data.rows[index]), dtype=np.float32)
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, view = index if isinstance(index, tuple) else (index, 0)
+        row = self.data.rows[index]
+        feats = np.asarray(self.caches[view].features(row), dtype=np.float32)
         return torch.from_numpy(feats), torch.tensor(self.data.captions[index], dtype=torch.long)
+
+
+class ViewSampler(Sampler[tuple[int, int]]):
+    """``base``'s indices, each with a view drawn uniformly from the plain features and
+    ``views`` others; the draws depend on (seed, epoch) only, so a resumed run draws the
+    same."""
+
+    def __init__(self, base: Sampler[int], views: int, seed: int) -> None:
+        self.base, self.views, self.seed, self.epoch = base, views, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        indices = list(self.base)
+        drawn = rng.integers(0, self.views + 1, size=len(indices))
+        return iter(zip(indices, (int(v) for v in drawn), strict=True))
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
 
 
 def collate_captions(

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from captioner import runlog
 from captioner.caption.captioner import Captioner, check_backbone_matches
@@ -32,6 +32,7 @@ from captioner.caption.decode_settings import DecodeSettings
 from captioner.caption.decoder import ShowAttendTell
 from captioner.data.manifest import Manifest
 from captioner.data.vocabulary import Vocabulary
+from captioner.errors import CaptionerError
 from captioner.features.cache import FeatureCache
 from captioner.fileio import load_state
 from captioner.runtime import distributed, resolve_device, seed_everything
@@ -40,12 +41,14 @@ from captioner.training.config import TrainConfig
 from captioner.training.data import (
     CaptionFeatureDataset,
     ShardSampler,
+    ViewSampler,
     collate_captions,
     pair_captions,
 )
 from captioner.training.loop import EpochTools, LoopSettings, check_start, fit
 from captioner.training.precision import CompiledForward, Precision
 from captioner.training.steps import evaluate_loss, train_epoch
+from captioner.vision.views import view_folder
 
 __all__ = ["TrainResult", "evaluate_loss", "train"]
 
@@ -182,7 +185,11 @@ class CaptionTrainingTask:
         check_backbone_matches(val_cache.header, self.backbone_header)
         # "denoiser-<sha>" when the features were extracted from denoised images
         self.image_transform = train_cache.header.get("image_transform")
-        self.train_loader = _loader(train_cache, train_data, config, True, ctx)
+        views = [
+            _view_cache(features_dir, view, train_cache, self.backbone_header)
+            for view in config.views
+        ]
+        self.train_loader = _loader(train_cache, train_data, config, True, ctx, views)
         self.val_loader = _loader(val_cache, val_data, config, False, ctx)
         ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
         say(
@@ -199,12 +206,17 @@ class CaptionTrainingTask:
 
     def train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
         config, ctx = self.config, self.ctx
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, ViewSampler):
+            sampler.set_epoch(epoch)
+            sampler = sampler.base
         if ctx.enabled:
-            self.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             # Per rank and epoch, so dropout differs across ranks and resume is exact.
             torch.manual_seed((config.seed * 1000 + epoch) * 1009 + ctx.rank)
         else:
-            self.train_loader.generator.manual_seed(config.seed * 1000 + epoch)  # type: ignore[union-attr]
+            generator = self.train_loader.generator or sampler.generator  # type: ignore[attr-defined]
+            generator.manual_seed(config.seed * 1000 + epoch)
         loss, self.global_step, rate = train_epoch(
             self.forward,
             self.model,
@@ -284,9 +296,14 @@ def validation_metrics(
 
 
 def _loader(
-    cache: FeatureCache, data: Any, config: TrainConfig, shuffle: bool, ctx: DistContext
+    cache: FeatureCache,
+    data: Any,
+    config: TrainConfig,
+    shuffle: bool,
+    ctx: DistContext,
+    views: list[FeatureCache] | None = None,
 ) -> DataLoader:
-    dataset = CaptionFeatureDataset(cache, data)
+    dataset = CaptionFeatureDataset(cache, data, views or ())
     sampler: Any = None
     if ctx.enabled:  # shuffled and evened out by DistributedSampler; validation: exact shards
         sampler = (
@@ -294,6 +311,11 @@ def _loader(
             if shuffle
             else ShardSampler(len(dataset), ctx.rank, ctx.world_size)
         )
+    if views:  # the shuffle as without views; a view drawn per pair and epoch on top
+        base = (
+            sampler if sampler is not None else RandomSampler(dataset, generator=torch.Generator())
+        )
+        sampler = ViewSampler(base, len(views), config.seed)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -306,6 +328,23 @@ def _loader(
         generator=torch.Generator() if shuffle and sampler is None else None,
         persistent_workers=config.num_workers > 0,
     )
+
+
+def _view_cache(
+    features_dir: Path, view: str, plain: FeatureCache, backbone_header: dict[str, Any]
+) -> FeatureCache:
+    """The train split's cache under ``view``: same backbone, same images in the same rows."""
+    folder = features_dir / view_folder("train", view)
+    if not (folder / "header.json").is_file():
+        raise CaptionerError(
+            f"{folder}: no features of the {view!r} view; run `captioner extract --views "
+            f"{view} ...` with the same --out first"
+        )
+    cache = FeatureCache.open(folder)
+    check_backbone_matches(cache.header, backbone_header)
+    if cache.keys != plain.keys or cache.header.get("view") != view:
+        raise CaptionerError(f"{folder}: not the train split's images under the {view!r} view")
+    return cache
 
 
 def _silent(message: str) -> None:
