@@ -165,8 +165,9 @@ def fit(
         history = list(progress["history"])
         stopper.load_state_dict(progress["early_stopping"])
         stopper.patience = settings.patience
-        precision.load_state_dict(progress.get("precision"))
-        task.load_state(progress["task"])
+        # Checkpoints of the loops before this one kept these at the top level.
+        precision.load_state_dict(progress.get("precision", progress.get("grad_scaler")))
+        task.load_state(progress.get("task", progress))
         if main:
             runlog.say(settings.progress, f"resuming {run_dir} after epoch {epoch}")
     if main:
