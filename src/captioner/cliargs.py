@@ -62,9 +62,7 @@ def parse_assignments(cls: type[Any], items: list[str]) -> dict[str, Any]:
         path = key.strip().replace("-", "_").split(".")
         owner, into = cls, values
         for part in path[:-1]:  # "model.dropout": a field of the nested dataclass
-            kind = (
-                typing.get_type_hints(owner).get(part) if dataclasses.is_dataclass(owner) else None
-            )
+            kind = typing.get_type_hints(owner).get(part)
             if kind is None or not dataclasses.is_dataclass(kind):
                 raise CaptionerError(f"bad override {item!r}: expected KEY=VALUE with a known KEY")
             owner, into = kind, into.setdefault(part, {})

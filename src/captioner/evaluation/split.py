@@ -30,6 +30,10 @@ class SplitCaptions:
     skipped: list[str]  # images of the split without features
     notes: list[str] = field(default_factory=list)  # e.g. features of other images than trained on
 
+    def hypotheses(self) -> dict[str, str]:
+        """Image file -> generated caption text."""
+        return {key: result.caption for key, result in self.results.items()}
+
 
 def caption_split(
     captioner: Captioner,
@@ -87,13 +91,29 @@ def selection_scores(
 ) -> dict[str, float]:
     """BLEU-4 and CIDEr of real decoding of ``split``, from the pure-Python scorer: what model
     selection reads after each epoch (no Java start-up, no progress bar)."""
+    captioner.model.eval()
+    _, report = score_split(
+        captioner, manifest, features_dir, split, decode, use_java=False, progress=False
+    )
+    return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
+
+
+def score_split(
+    captioner: Captioner,
+    manifest: Manifest,
+    features_dir: Path,
+    split: str,
+    decode: DecodeSettings,
+    *,
+    batch_size: int = 64,
+    use_java: bool | None = None,
+    progress: bool = True,
+) -> tuple[SplitCaptions, MetricReport]:
+    """Caption ``split`` (``caption_split``) and score the captions against its references."""
     from captioner.evaluation.metrics import compute_metrics
 
-    captioner.model.eval()
-    result = caption_split(captioner, manifest, features_dir, split, decode, progress=False)
-    hyps = {key: caption.caption for key, caption in result.results.items()}
-    report = compute_metrics(result.references, hyps, use_java=False)
-    return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
+    captions = caption_split(captioner, manifest, features_dir, split, decode, batch_size, progress)
+    return captions, compute_metrics(captions.references, captions.hypotheses(), use_java=use_java)
 
 
 @dataclass
@@ -112,7 +132,7 @@ class EvaluationReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON report of ``captioner evaluate --output`` (read by ``serve --metrics``,
         scripts/results_table.py)."""
-        hyps = {key: result.caption for key, result in self.captions.results.items()}
+        hyps = self.captions.hypotheses()
         return {
             "scores": self.metrics.scores,
             "tokenizer": self.metrics.tokenizer,
@@ -155,8 +175,6 @@ def evaluate_split(
 ) -> EvaluationReport:
     """Load ``models`` (several: an ensemble), caption ``split`` and score it (pycocoevalcap;
     ``use_java`` None: Java's tokenizer and METEOR where Java is installed)."""
-    from captioner.evaluation.metrics import compute_metrics
-
     started = time.perf_counter()
     captioner = Captioner.from_pretrained_ensemble(models, device=device, backbone_weights=None)
     manifest = Manifest.load(Path(manifest_path))
@@ -164,11 +182,16 @@ def evaluate_split(
         raise CaptionerError(
             f"{manifest_path}: no split {split!r} (has {', '.join(manifest.split_names())})"
         )
-    captions = caption_split(
-        captioner, manifest, Path(features_dir), split, decode, batch_size, progress
+    captions, metrics = score_split(
+        captioner,
+        manifest,
+        Path(features_dir),
+        split,
+        decode,
+        batch_size=batch_size,
+        use_java=use_java,
+        progress=progress,
     )
-    hyps = {key: result.caption for key, result in captions.results.items()}
-    metrics = compute_metrics(captions.references, hyps, use_java=use_java)
     return EvaluationReport(
         metrics=metrics,
         captions=captions,

@@ -11,6 +11,7 @@ import yaml
 from captioner.caption.config import DecoderShape
 from captioner.cliargs import parse_assignments
 from captioner.errors import CaptionerError
+from captioner.training.precision import PRECISIONS
 from captioner.vision.views import parse_views
 
 SELECTABLE = ("val_loss", "BLEU-4", "CIDEr")
@@ -71,9 +72,9 @@ class TrainConfig:
             raise CaptionerError("epochs, batch_size and patience must be >= 1")
         if self.learning_rate <= 0:
             raise CaptionerError("learning_rate must be > 0")
-        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+        if self.precision not in PRECISIONS:
             raise CaptionerError(
-                f"precision must be 'fp32', 'bf16', 'fp16' or 'auto', not {self.precision!r}"
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
             )
         if self.select_on not in SELECTABLE:
             raise CaptionerError(f"select_on must be one of {', '.join(SELECTABLE)}")

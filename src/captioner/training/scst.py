@@ -98,48 +98,10 @@ class ScstTask:
         self.monitor = f"val_{config.select_on}"
 
     def train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
-        order = torch.randperm(
-            len(self.keys), generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
-        ).tolist()
-        return {"train_reward": self._train_epoch(order, epoch, tools)}
-
-    def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
-        from captioner.evaluation.split import selection_scores
-
-        config = self.config
-        decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_length)
-        captioner = Captioner(self.model, self.vocab, self.start.backbone_header)
-        scores = selection_scores(captioner, self.manifest, Path(config.features), "val", decode)
-        return {f"val_{name}": value for name, value in scores.items()}
-
-    def end_epoch(self, row: dict[str, Any]) -> None:
-        return None
-
-    def save_best(self, row: dict[str, Any]) -> None:
-        scores = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
-        info = dict(self.start.info)
-        info.update(
-            {
-                "scst": {
-                    "epoch": row["epoch"],
-                    "from": str(self.config.model),
-                    "val_scores": scores,
-                },
-                "select_on": self.config.select_on,
-            }
-        )
-        Captioner(self.model, self.vocab, self.start.backbone_header, info).save_pretrained(
-            Path(self.config.out) / "model"
-        )
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        return None
-
-    def _train_epoch(self, order: list[int], epoch: int, tools: EpochTools) -> float:
         model, config, vocab = self.model, self.config, self.vocab
+        order = torch.randperm(
+            len(self.keys), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        ).tolist()
         model.train()
         total, count = 0.0, 0
         bar = tools.bar(range(0, len(order), config.batch_images), desc=f"scst {epoch}")
@@ -175,7 +137,42 @@ class ScstTask:
             total += float(rewards.sum())
             count += rewards.numel()
             bar.set_postfix(reward=f"{total / count:.3f}")
-        return total / max(count, 1)
+        return {"train_reward": total / max(count, 1)}
+
+    def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
+        from captioner.evaluation.split import selection_scores
+
+        config = self.config
+        decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_length)
+        captioner = Captioner(self.model, self.vocab, self.start.backbone_header)
+        scores = selection_scores(captioner, self.manifest, Path(config.features), "val", decode)
+        return {f"val_{name}": value for name, value in scores.items()}
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        return None
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        scores = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+        info = dict(self.start.info)
+        info.update(
+            {
+                "scst": {
+                    "epoch": row["epoch"],
+                    "from": str(self.config.model),
+                    "val_scores": scores,
+                },
+                "select_on": self.config.select_on,
+            }
+        )
+        Captioner(self.model, self.vocab, self.start.backbone_header, info).save_pretrained(
+            Path(self.config.out) / "model"
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        return None
 
 
 def _training_images(
