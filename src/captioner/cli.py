@@ -50,8 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="run a pretrained CNN over the images; cache the features")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="feature folder (one cache per split)")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--weights", default="DEFAULT", help="DEFAULT, none, or a weights file")
+    p.add_argument("--backbone", help="CNN name (default: mobilenet_v2)")
+    p.add_argument("--weights", help="DEFAULT (the default), none, or a weights file")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="extract with the backbone a trained model reads (its name, input size and, when "
+        "fine-tuned, its own weights): the features `evaluate`/`scst` need for that model",
+    )
+    p.add_argument(
+        "--top-blocks",
+        type=int,
+        default=0,
+        help="cache the map before the backbone's last N blocks instead of its final grid: "
+        "the input of `train --fine-tune-blocks N`",
+    )
     p.add_argument(
         "--image-size",
         type=int,
@@ -95,11 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the decoder's training forward (falls back to eager on failure)",
     )
     p.add_argument(
+        "--fine-tune-blocks",
+        type=int,
+        help="train the backbone's last N blocks with the decoder, on the maps of "
+        "`extract --top-blocks N` (default: 0, frozen backbone)",
+    )
+    p.add_argument(
+        "--backbone-lr",
+        type=float,
+        dest="backbone_learning_rate",
+        help="learning rate of the fine-tuned blocks (default: 1e-4)",
+    )
+    p.add_argument(
+        "--fine-tune-after",
+        type=int,
+        help="epochs of decoder-only training before the blocks train too (default: 0)",
+    )
+    p.add_argument(
         "--set",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override any training setting, e.g. --set dropout=0.3 attention_lambda=1",
+        help="override any training setting, e.g. --set model.dropout=0.3 attention_lambda=1",
     )
     p.add_argument("--no-progress", action="store_true")
 

@@ -38,17 +38,27 @@ def run_extract(args: argparse.Namespace) -> int:
     from captioner.runtime.distributed import is_main_process
     from captioner.vision.views import parse_views
 
+    backbone, weights, image_size = args.backbone, args.weights, args.image_size
+    if args.model is not None:
+        from captioner.caption.captioner import backbone_of
+
+        given = [f"--{o}" for o, v in (("backbone", backbone), ("weights", weights)) if v]
+        given += ["--image-size"] if image_size else []
+        if given:
+            raise CaptionerError(f"--model says which backbone to use: drop {', '.join(given)}")
+        backbone, weights, image_size = backbone_of(args.model)
     manifest = Manifest.load(args.manifest)
     splits = args.splits.split(",") if args.splits else None
     denoiser = load_for_pipeline(args.denoise)
     reports = extract_manifest(
         manifest,
         args.out,
-        backbone_name=args.backbone,
-        weights=args.weights,
+        backbone_name=backbone or "mobilenet_v2",
+        weights=weights or "DEFAULT",
         splits=splits,
-        image_size=args.image_size,
+        image_size=image_size,
         views=parse_views(args.views) if args.views else (),
+        top_blocks=args.top_blocks,
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=str(resolve_device(args.device)),

@@ -2,8 +2,10 @@
 
 A pretrained folder holds ``config.json`` (model sizes, backbone header, vocabulary
 fingerprint, training summary), ``model.safetensors`` (decoder weights) and ``vocab.json``.
-Backbone weights are not copied: the backbone is rebuilt by name and its weights hash is
-checked against the one the features were extracted with.
+Stock backbone weights are not copied: the backbone is rebuilt by name and its weights hash is
+checked against the one the features were extracted with. A model whose backbone was
+fine-tuned also holds ``backbone.safetensors`` (the whole trunk; its SHA-256 is the header's
+``weights_id``), which loading uses in place of the stock weights.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
+BACKBONE_FILE = "backbone.safetensors"
 
 ImageInput = str | Path | Image.Image
 
@@ -87,11 +90,22 @@ class Captioner:
     backbone: torch.nn.Module | None = None
 
     # ----------------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, with_backbone: bool = False) -> Path:
+        """Write the folder; ``with_backbone`` (a fine-tuned backbone) also writes the trunk
+        of ``self.backbone`` and makes its SHA-256 the header's ``weights_id``."""
         if not isinstance(self.model, ShowAttendTell):
             raise CaptionerError("an ensemble is not saved as one model: save its members")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if with_backbone:
+            from captioner.vision.blocks import save_trunk
+
+            if self.backbone is None:
+                raise CaptionerError("with_backbone needs the Captioner's backbone")
+            sha = save_trunk(self.backbone, folder / BACKBONE_FILE)  # type: ignore[arg-type]
+            self.backbone_header = {**self.backbone_header, "weights_id": sha}
+        elif (folder / BACKBONE_FILE).exists():
+            (folder / BACKBONE_FILE).unlink()  # a stale fine-tuned trunk must not be picked up
         weights_sha = atomic_save_safetensors(
             self.model.state_dict(), folder / WEIGHTS_FILE, metadata={"format": FORMAT}
         )
@@ -118,7 +132,8 @@ class Captioner:
     ) -> Captioner:
         """Load a folder written by ``save_pretrained``.
 
-        ``backbone_weights=None`` skips the CNN (captioning from cached features only).
+        ``backbone_weights=None`` skips the CNN (captioning from cached features only);
+        ``"DEFAULT"`` is the folder's own fine-tuned backbone when it has one.
         """
         folder = Path(folder)
         config = read_model_config(folder)
@@ -142,7 +157,7 @@ class Captioner:
         model.to(device).eval()
         captioner = cls(model, vocab, dict(config["backbone"]), dict(config.get("info", {})))
         if backbone_weights is not None:
-            captioner.attach_backbone(backbone_weights, device)
+            captioner.attach_backbone(own_backbone_weights(folder, backbone_weights), device)
         return captioner
 
     @classmethod
@@ -174,7 +189,8 @@ class Captioner:
         model = Ensemble([m.model for m in members]).to(device).eval()
         captioner = cls(model, first.vocab, dict(first.backbone_header), info)
         if backbone_weights is not None:
-            captioner.attach_backbone(backbone_weights, device)
+            weights = own_backbone_weights(Path(folders[0]), backbone_weights)
+            captioner.attach_backbone(weights, device)
         return captioner
 
     def attach_backbone(self, weights: str = "DEFAULT", device: str | torch.device = "cpu") -> None:
@@ -290,6 +306,21 @@ class Captioner:
         return CaptionResult("", [], [], float("-inf"), empty, self.grid, False, name, error)
 
 
+def own_backbone_weights(folder: Path, weights: str) -> str:
+    """``weights``, except that "DEFAULT" means the folder's fine-tuned trunk if it has one."""
+    own = folder / BACKBONE_FILE
+    return str(own) if weights.upper() == "DEFAULT" and own.is_file() else weights
+
+
+def backbone_of(folder: str | Path) -> tuple[str, str, int | None]:
+    """(backbone name, weights, input size) that give the features model ``folder`` reads:
+    what ``captioner extract --model`` extracts with."""
+    folder = Path(folder)
+    header = read_model_config(folder)["backbone"]
+    size = header.get("preprocessing", {}).get("image_size")
+    return str(header["backbone"]), own_backbone_weights(folder, "DEFAULT"), size
+
+
 def read_model_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not folder.is_dir():
@@ -349,12 +380,26 @@ def image_transform_note(trained_on: str | None, given: str | None, given_what: 
 
 
 def check_backbone_matches(actual: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Refuse features from one CNN fed to a decoder trained on another."""
-    for key in ("backbone", "weights_id", "preprocessing", "grid", "channels"):
+    """Refuse features from one CNN fed to a decoder trained on another (a fine-tuned backbone
+    counts as another CNN; so does the cut one whose maps ``extract --top-blocks`` caches)."""
+    for key in ("top_blocks", "backbone", "weights_id", "preprocessing", "grid", "channels"):
         a = json.loads(json.dumps(actual.get(key)))
         e = json.loads(json.dumps(expected.get(key)))
-        if a != e:
+        if a == e:
+            continue
+        if key == "weights_id" and expected.get("fine_tuned_blocks"):
             raise CheckpointError(
-                f"backbone mismatch on {key!r}: the model was trained on features with {e!r}, "
-                f"this backbone gives {a!r}"
+                f"backbone mismatch: this model's backbone was fine-tuned (weights {str(e)[:12]}), "
+                f"these features come from other weights ({str(a)[:12]}); extract them with "
+                "`captioner extract --model MODEL_DIR`"
             )
+        if key == "top_blocks":
+            raise CheckpointError(
+                f"backbone mismatch: these are the maps before the backbone's last {a or e} "
+                "blocks (`extract --top-blocks`), made for `train --fine-tune-blocks`; a model "
+                "reads the final grid (`extract` without --top-blocks, or --model MODEL_DIR)"
+            )
+        raise CheckpointError(
+            f"backbone mismatch on {key!r}: the model was trained on features with {e!r}, "
+            f"this backbone gives {a!r}"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from captioner.errors import CaptionerError
 from captioner.evaluation.metrics import MetricReport
 from captioner.features.cache import FeatureCache
 from captioner.runlog import Progress
+
+GridSource = Callable[[Sequence[int]], Any]  # cache rows -> grids [B, regions, channels]
 
 
 @dataclass
@@ -43,10 +46,15 @@ def caption_split(
     decode: DecodeSettings,
     batch_size: int = 64,
     progress: bool = True,
+    grids_of: GridSource | None = None,
 ) -> SplitCaptions:
-    """Decode every image of ``split`` whose features are in ``features_dir/split``."""
+    """Decode every image of ``split`` whose features are in ``features_dir/split``.
+
+    ``grids_of`` (cache rows -> grids) computes the grids from what the cache holds instead of
+    reading them (a model being fine-tuned, whose cache holds its frozen prefix's maps)."""
     cache = FeatureCache.open(Path(features_dir) / split)
-    check_backbone_matches(cache.header, captioner.backbone_header)
+    if grids_of is None:
+        check_backbone_matches(cache.header, captioner.backbone_header)
     note = image_transform_note(
         captioner.info.get("image_transform"),
         cache.header.get("image_transform"),
@@ -70,7 +78,12 @@ def caption_split(
     )
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        feats = np.stack([np.asarray(cache.features(row), dtype=np.float32) for _, row in chunk])
+        rows = [row for _, row in chunk]
+        feats = (
+            grids_of(rows)
+            if grids_of is not None
+            else np.stack([np.asarray(cache.features(row), dtype=np.float32) for row in rows])
+        )
         for (record, _), result in zip(
             chunk, captioner.caption_features(feats, decode), strict=True
         ):
@@ -88,12 +101,20 @@ def selection_scores(
     features_dir: Path,
     split: str,
     decode: DecodeSettings,
+    grids_of: GridSource | None = None,
 ) -> dict[str, float]:
     """BLEU-4 and CIDEr of real decoding of ``split``, from the pure-Python scorer: what model
     selection reads after each epoch (no Java start-up, no progress bar)."""
     captioner.model.eval()
     _, report = score_split(
-        captioner, manifest, features_dir, split, decode, use_java=False, progress=False
+        captioner,
+        manifest,
+        features_dir,
+        split,
+        decode,
+        use_java=False,
+        progress=False,
+        grids_of=grids_of,
     )
     return {"BLEU-4": report.scores["BLEU-4"], "CIDEr": report.scores["CIDEr"]}
 
@@ -108,11 +129,14 @@ def score_split(
     batch_size: int = 64,
     use_java: bool | None = None,
     progress: bool = True,
+    grids_of: GridSource | None = None,
 ) -> tuple[SplitCaptions, MetricReport]:
     """Caption ``split`` (``caption_split``) and score the captions against its references."""
     from captioner.evaluation.metrics import compute_metrics
 
-    captions = caption_split(captioner, manifest, features_dir, split, decode, batch_size, progress)
+    captions = caption_split(
+        captioner, manifest, features_dir, split, decode, batch_size, progress, grids_of
+    )
     return captions, compute_metrics(captions.references, captions.hypotheses(), use_java=use_java)
 
 

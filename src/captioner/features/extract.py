@@ -29,6 +29,7 @@ from captioner.features.sharded import (
 from captioner.runlog import Progress
 from captioner.runtime import distributed
 from captioner.vision.backbones import Backbone, load_backbone
+from captioner.vision.blocks import split_backbone
 from captioner.vision.images import load_image
 from captioner.vision.views import ViewTransform, view_folder
 
@@ -230,10 +231,13 @@ def extract_manifest(
     splits: list[str] | None = None,
     image_size: int | None = None,
     views: list[str] | tuple[str, ...] = (),
+    top_blocks: int = 0,
     **kw: Any,
 ) -> dict[str, ExtractReport]:
     """Extract every split (or ``splits``) of a manifest into ``out_dir/<split>/``;
-    ``image_size`` resizes the input (default: the backbone's own size). With ``views``
+    ``image_size`` resizes the input (default: the backbone's own size). ``top_blocks`` > 0
+    caches the map before the backbone's last ``top_blocks`` blocks instead of its final grid:
+    the input of ``train --fine-tune-blocks`` (vision/blocks.py). With ``views``
     (vision/views.py) the train split is extracted again under each view, into
     ``out_dir/train@<view>/`` (reports keyed the same way)."""
     names = manifest.split_names()
@@ -241,6 +245,8 @@ def extract_manifest(
     if unknown:
         raise CaptionerError(f"unknown split(s) {unknown}; the manifest has {names}")
     backbone = load_backbone(backbone_name, weights, image_size)
+    if top_blocks:
+        backbone, _ = split_backbone(backbone, top_blocks)
     ctx, device = distributed.setup(torch.device(kw.get("device", "cpu")))
     kw["device"] = str(device)  # cuda:LOCAL_RANK under torchrun
     reports: dict[str, ExtractReport] = {}

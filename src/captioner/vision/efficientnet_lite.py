@@ -133,3 +133,26 @@ class LiteTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model.features(x)
+
+    def blocks(self) -> list[nn.Module]:
+        """Stem, each MBConv block, head: ``features`` as a sequence (fine-tuning cuts it)."""
+        model = self.model
+        return [_Stem(model), *model._blocks, _Head(model)]
+
+
+class _Stem(nn.Module):
+    def __init__(self, model: EfficientNetLite) -> None:
+        super().__init__()
+        self.conv, self.bn = model._conv_stem, model._bn0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(self.bn(self.conv(x)))
+
+
+class _Head(nn.Module):
+    def __init__(self, model: EfficientNetLite) -> None:
+        super().__init__()
+        self.conv, self.bn = model._conv_head, model._bn1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(self.bn(self.conv(x)))
