@@ -111,9 +111,7 @@ def test_fine_tuning_changes_only_the_last_blocks(prepared: Path, tuned: Path) -
     assert header["fine_tuned_blocks"] == TOP and header["grid"] == [2, 2]
 
 
-def test_the_saved_model_captions_images_as_it_did_in_training(
-    prepared: Path, tuned: Path
-) -> None:
+def test_the_saved_model_captions_images_as_it_did_in_training(prepared: Path, tuned: Path) -> None:
     captioner = Captioner.from_pretrained(tuned)  # its own backbone: no weights to pass
     manifest = Manifest.load(prepared / "manifest.json")
     paths = [manifest.path_of(r) for r in manifest.split("val")]
