@@ -67,7 +67,7 @@ def decoder_training(device: torch.device, name: str, seconds: float, batch: int
     settings, precision = TrainConfig(grad_clip=5.0, precision=name), Precision(name, device)
 
     def step() -> int:
-        train_step(model, model, feats, caps, optimizer, settings, precision, DistContext())
+        train_step(model, model, [feats], caps, optimizer, settings, precision, DistContext())
         return batch
 
     return timed(step, seconds, device)

@@ -56,7 +56,7 @@ def main() -> None:
     single = DistContext()
 
     def step() -> None:
-        train_step(forward, model, feats, caps, optimizer, settings, precision, single)
+        train_step(forward, model, [feats], caps, optimizer, settings, precision, single)
 
     started = time.perf_counter()
     step()  # warm-up (and compilation)

@@ -69,7 +69,7 @@ def run_step(out: Path) -> None:
     forward = distributed.wrap_model(model, ctx, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     f, c = shard(features, captions, ctx.rank, ctx.world_size)
-    ce, n = train_step(forward, model, f, c, optimizer, config, Precision("fp32", device), ctx)
+    ce, n = train_step(forward, model, [f], c, optimizer, config, Precision("fp32", device), ctx)
     total, tokens = distributed.all_reduce_sums(ctx, [ce * n, n], device)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def test_one_ddp_step_over_two_ranks_equals_the_single_process_step(ddp_outputs:
     model, features, captions, config = step_fixture()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     ce, tokens = train_step(
-        model, model, features, captions, optimizer, config, Precision("fp32", CPU), DistContext()
+        model, model, [features], captions, optimizer, config, Precision("fp32", CPU), DistContext()
     )
     ddp = json.loads((step_dir / "loss.json").read_text())
     assert ddp["tokens"] == tokens == 37 + 7  # words + <end> of the 7 captions

@@ -182,3 +182,45 @@ def test_fine_tuning_refuses_caches_it_cannot_use(prepared: Path) -> None:
         train(config_of(prepared, "bad4", backbone_weights="none"))
     with pytest.raises(CaptionerError, match="compile"):
         dataclasses.replace(config_of(prepared, "bad5"), compile=True)
+
+
+def test_image_batches_keep_each_images_captions_together_under_one_view() -> None:
+    from captioner.training.data import SplitData
+    from captioner.training.finetune import ImageBatches, PrefixPairs, collate_prefix_pairs
+
+    rows = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]  # pair -> image row
+    sampler = ImageBatches(rows, batch_size=4, views=3, seed=7, shuffle=True)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    pairs = [pair for batch in batches for pair, _ in batch]
+    assert sorted(pairs) == list(range(len(rows)))  # every caption once per epoch
+    for batch in batches:
+        views = {}
+        for pair, view in batch:
+            assert views.setdefault(rows[pair], view) == view  # one view per image
+    drawn = {(rows[p], v) for b in batches for p, v in b}
+    assert {v for _, v in drawn} != {0}  # views are drawn (seed 7: not all plain)
+    again = ImageBatches(rows, batch_size=4, views=3, seed=7, shuffle=True)
+    again.set_epoch(1)
+    assert list(again) == batches  # resumed runs draw the same
+    again.set_epoch(2)
+    assert list(again) != batches
+    # the collated batch maps each caption to its own image's map
+    caches = [_FakeCache(view) for view in range(4)]
+    data = SplitData(rows, [[1, 5 + i, 2] for i in range(len(rows))], [])
+    dataset = PrefixPairs(caches, data)  # type: ignore[arg-type]
+    prefix, index, captions = collate_prefix_pairs([dataset[key] for key in batches[0]])
+    for (pair, view), slot, caption in zip(batches[0], index.tolist(), captions, strict=True):
+        assert prefix[slot, 0, 0].item() == 10 * rows[pair] + view
+        assert caption[1].item() == 5 + pair
+    assert len(prefix) == len({(rows[p], v) for p, v in batches[0]})
+
+
+class _FakeCache:
+    """A cache whose row r under view v is filled with 10 r + v."""
+
+    def __init__(self, view: int) -> None:
+        self.view = view
+
+    def features(self, row: int) -> np.ndarray:
+        return np.full((4, 3), 10 * row + self.view, dtype=np.float16)
