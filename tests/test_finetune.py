@@ -82,7 +82,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tuned(prepared: Path) -> Path:
     torch.manual_seed(0)
-    return train(config_of(prepared, "run", epochs=25)).model_dir
+    return train(config_of(prepared, "run", epochs=50)).model_dir
 
 
 def test_the_cut_backbone_gives_the_whole_backbones_grid() -> None:
@@ -214,6 +214,11 @@ def test_image_batches_keep_each_images_captions_together_under_one_view() -> No
         assert prefix[slot, 0, 0].item() == 10 * rows[pair] + view
         assert caption[1].item() == 5 + pair
     assert len(prefix) == len({(rows[p], v) for p, v in batches[0]})
+    # captions drawn alone: every caption once, in batches of exactly batch_size
+    alone = ImageBatches(rows, batch_size=4, views=3, seed=7, shuffle=True, by_image=False)
+    drawn_alone = list(alone)
+    assert [len(b) for b in drawn_alone] == [4, 4, 2]
+    assert sorted(p for b in drawn_alone for p, _ in b) == list(range(len(rows)))
 
 
 class _FakeCache:
@@ -224,3 +229,31 @@ class _FakeCache:
 
     def features(self, row: int) -> np.ndarray:
         return np.full((4, 3), 10 * row + self.view, dtype=np.float16)
+
+
+def test_an_ensemble_of_separately_fine_tuned_models_reads_each_ones_features(
+    prepared: Path, tuned: Path
+) -> None:
+    from captioner.evaluation.split import evaluate_split
+
+    torch.manual_seed(1)
+    other = train(config_of(prepared, "other", epochs=2, seed=1)).model_dir
+    features = {}
+    for name, model in (("a", tuned), ("b", other)):
+        features[name] = prepared / f"own-{name}"
+        args = ["extract", "--manifest", str(prepared / "manifest.json"), "--splits", "val"]
+        assert main([*args, "--out", str(features[name]), "--model", str(model)]) == 0
+    manifest, decode = prepared / "manifest.json", DecodeSettings(beam_size=2)
+
+    def captions(models: list[Path], dirs: list[Path]) -> dict[str, str]:
+        report = evaluate_split(models, manifest, dirs, "val", decode, use_java=False)  # type: ignore[arg-type]
+        return report.captions.hypotheses()
+
+    alone = captions([tuned], [features["a"]])
+    assert captions([tuned, tuned], [features["a"], features["a"]]) == alone
+    both = captions([tuned, other], [features["a"], features["b"]])
+    assert len(both) == 4
+    with pytest.raises(CheckpointError, match="fine-tuned"):
+        captions([tuned, other], [features["b"], features["a"]])  # each its own, in order
+    with pytest.raises(CheckpointError, match="backbone mismatch"):
+        captions([tuned, other], [features["a"]])  # one folder: they must share the backbone

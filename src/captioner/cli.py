@@ -183,7 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="BLEU/METEOR/ROUGE-L/CIDEr of a model on a split")
     add_model_folders(p)
     p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--features", type=Path, required=True, help="feature folder of `extract`")
+    p.add_argument(
+        "--features",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="feature folder of `extract`; or one per --model, for an ensemble of models "
+        "fine-tuned separately (each folder from `extract --model` of its model)",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--beam-size", type=int, default=DecodeSettings.beam_size, help="1 = greedy")
     p.add_argument("--max-length", type=int, default=DecodeSettings.max_length)

@@ -166,13 +166,18 @@ class Captioner:
         folders: Sequence[str | Path],
         device: str | torch.device = "cpu",
         backbone_weights: str | None = "DEFAULT",
+        own_features: bool = False,
     ) -> Captioner:
         """Load several folders as one captioner averaging their word probabilities (one folder:
-        that model alone). They must share the vocabulary and the backbone."""
+        that model alone). They must share the vocabulary and the backbone; with
+        ``own_features`` (from cached features only) each reads its own backbone's grid, given
+        concatenated on the channel axis, so models fine-tuned separately can be combined."""
         from captioner.caption.ensemble import Ensemble
 
         if len(folders) == 1:
             return cls.from_pretrained(folders[0], device, backbone_weights)
+        if own_features and backbone_weights is not None:
+            raise CaptionerError("members reading their own grids caption cached features only")
         members = [cls.from_pretrained(f, device, backbone_weights=None) for f in folders]
         first = members[0]
         for folder, member in zip(folders[1:], members[1:], strict=True):
@@ -181,12 +186,13 @@ class Captioner:
                     f"{folder}: its vocabulary differs from {folders[0]}'s; ensemble members "
                     "must be trained on the same vocabulary"
                 )
-            check_backbone_matches(member.backbone_header, first.backbone_header)
+            if not own_features:
+                check_backbone_matches(member.backbone_header, first.backbone_header)
         info = {"ensemble": [str(f) for f in folders], "members": [m.info for m in members]}
         transforms = {m.info.get("image_transform") for m in members}
         if len(transforms) == 1:  # the members' inputs agree: the ensemble's is theirs
             info["image_transform"] = transforms.pop()
-        model = Ensemble([m.model for m in members]).to(device).eval()
+        model = Ensemble([m.model for m in members], own_features).to(device).eval()
         captioner = cls(model, first.vocab, dict(first.backbone_header), info)
         if backbone_weights is not None:
             weights = own_backbone_weights(Path(folders[0]), backbone_weights)

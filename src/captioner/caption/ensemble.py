@@ -4,6 +4,8 @@
 sampling and beam search work on it unchanged. The
 members' hidden states travel concatenated in one tensor (beam search reorders it by rows);
 ``step`` returns log(mean of the members' probabilities) as the logits and the mean attention.
+With ``own_features`` each member reads its own grid (members whose backbones were fine-tuned
+separately): the features are the members' grids concatenated on the channel axis.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class EnsembleEncoded:
 
 
 class Ensemble(nn.Module):
-    def __init__(self, members: Sequence[ShowAttendTell]) -> None:
+    def __init__(self, members: Sequence[ShowAttendTell], own_features: bool = False) -> None:
         super().__init__()
         if len(members) < 2:
             raise CaptionerError("an ensemble needs at least two models")
@@ -47,10 +49,20 @@ class Ensemble(nn.Module):
                     )
         self.members = nn.ModuleList(members)
         self.config = first
+        self.own_features = own_features
         self._hidden_sizes = [m.config.hidden_dim for m in members]
 
     def encode(self, features: torch.Tensor) -> EnsembleEncoded:
-        return EnsembleEncoded([m.encode(features) for m in self.members])
+        if not self.own_features:
+            return EnsembleEncoded([m.encode(features) for m in self.members])
+        grids = features.split(self.config.feature_channels, dim=-1)
+        if len(grids) != len(self.members):
+            raise CaptionerError(
+                f"{len(self.members)} members reading their own grids need "
+                f"{len(self.members)} x {self.config.feature_channels} channels, not "
+                f"{features.shape[-1]}"
+            )
+        return EnsembleEncoded([m.encode(g) for m, g in zip(self.members, grids, strict=True)])
 
     def initial_hidden(self, encoded: EnsembleEncoded) -> torch.Tensor:
         return torch.cat(

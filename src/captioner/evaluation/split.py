@@ -185,10 +185,32 @@ class EvaluationReport:
         }
 
 
+class MembersGrids:
+    """Cache rows -> each ensemble member's grid from its own cache, concatenated on the
+    channel axis (``Ensemble(own_features=True)``); each cache is checked against its model."""
+
+    def __init__(self, models: Sequence[str | Path], folders: Sequence[Path]) -> None:
+        from captioner.caption.captioner import read_model_config
+
+        self.caches = [FeatureCache.open(folder) for folder in folders]
+        for model, cache in zip(models, self.caches, strict=True):
+            check_backbone_matches(cache.header, read_model_config(Path(model))["backbone"])
+            if cache.keys != self.caches[0].keys:
+                raise CaptionerError(
+                    f"{cache.folder}: not the images of {self.caches[0].folder} in the same order"
+                )
+
+    def __call__(self, rows: Sequence[int]) -> np.ndarray:
+        return np.concatenate(
+            [np.stack([c.features(r) for r in rows]).astype(np.float32) for c in self.caches],
+            axis=-1,
+        )
+
+
 def evaluate_split(
     models: list[str | Path],
     manifest_path: str | Path,
-    features_dir: str | Path,
+    features_dir: str | Path | Sequence[str | Path],
     split: str,
     decode: DecodeSettings,
     *,
@@ -198,9 +220,17 @@ def evaluate_split(
     progress: bool = True,
 ) -> EvaluationReport:
     """Load ``models`` (several: an ensemble), caption ``split`` and score it (pycocoevalcap;
-    ``use_java`` None: Java's tokenizer and METEOR where Java is installed)."""
+    ``use_java`` None: Java's tokenizer and METEOR where Java is installed). ``features_dir``:
+    one folder, or one per model (an ensemble of models fine-tuned separately, each reading
+    features made by its own backbone)."""
     started = time.perf_counter()
-    captioner = Captioner.from_pretrained_ensemble(models, device=device, backbone_weights=None)
+    dirs = [features_dir] if isinstance(features_dir, str | Path) else list(features_dir)
+    if len(dirs) not in (1, len(models)):
+        raise CaptionerError(f"{len(models)} models: give one feature folder, or one per model")
+    own = len(dirs) > 1
+    captioner = Captioner.from_pretrained_ensemble(
+        models, device=device, backbone_weights=None, own_features=own
+    )
     manifest = Manifest.load(Path(manifest_path))
     if split not in manifest.split_names():
         raise CaptionerError(
@@ -209,12 +239,13 @@ def evaluate_split(
     captions, metrics = score_split(
         captioner,
         manifest,
-        Path(features_dir),
+        Path(dirs[0]),
         split,
         decode,
         batch_size=batch_size,
         use_java=use_java,
         progress=progress,
+        grids_of=MembersGrids(models, [Path(d) / split for d in dirs]) if own else None,
     )
     return EvaluationReport(
         metrics=metrics,

@@ -64,6 +64,7 @@ class TrainConfig:
     fine_tune_blocks: int = 0
     backbone_learning_rate: float = 1e-4
     fine_tune_after: int = 0
+    fine_tune_batches: str = "images"  # "images": whole images per batch; "captions": drawn alone
     backbone_weights: str = "DEFAULT"  # the weights the maps were extracted with
 
     def __post_init__(self) -> None:
@@ -80,6 +81,10 @@ class TrainConfig:
             raise CaptionerError("learning_rate and backbone_learning_rate must be > 0")
         if self.fine_tune_blocks < 0 or self.fine_tune_after < 0:
             raise CaptionerError("fine_tune_blocks and fine_tune_after must be >= 0")
+        if self.fine_tune_batches not in ("images", "captions"):
+            raise CaptionerError(
+                f"fine_tune_batches must be 'images' or 'captions', not {self.fine_tune_batches!r}"
+            )
         if self.fine_tune_blocks and self.compile:
             raise CaptionerError("compile is for a decoder on cached grids, not with fine-tuning")
         if self.precision not in PRECISIONS:

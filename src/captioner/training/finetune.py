@@ -103,17 +103,24 @@ class PrefixPairs(Dataset):
 
 
 class ImageBatches(Sampler[list[PairKey]]):
-    """Batches of whole images (all their captions, one view per image and epoch) of about
-    ``batch_size`` captions; the order and views depend on (seed, epoch) only, so a resumed
-    run draws the same."""
+    """Batches of about ``batch_size`` captions: of whole images (``by_image``: all of an
+    image's captions, one view per image and epoch, so the top blocks run once per image) or
+    of captions drawn alone (as training on cached grids does; a view per caption). The order
+    and views depend on (seed, epoch) only, so a resumed run draws the same."""
 
     def __init__(
-        self, rows: Sequence[int], batch_size: int, views: int, seed: int, shuffle: bool
+        self,
+        rows: Sequence[int],
+        batch_size: int,
+        views: int,
+        seed: int,
+        shuffle: bool,
+        by_image: bool = True,
     ) -> None:
-        by_image: dict[int, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for pair, row in enumerate(rows):
-            by_image.setdefault(row, []).append(pair)
-        self.images = list(by_image.values())
+            groups.setdefault(row if by_image else pair, []).append(pair)
+        self.groups = list(groups.values())
         self.batch_size, self.views, self.seed, self.shuffle = batch_size, views, seed, shuffle
         self.epoch = 0
 
@@ -122,13 +129,13 @@ class ImageBatches(Sampler[list[PairKey]]):
 
     def _batches(self) -> list[list[PairKey]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.images)) if self.shuffle else range(len(self.images))
-        drawn = rng.integers(0, self.views + 1, size=len(self.images)) if self.views else None
+        order = rng.permutation(len(self.groups)) if self.shuffle else range(len(self.groups))
+        drawn = rng.integers(0, self.views + 1, size=len(self.groups)) if self.views else None
         batches: list[list[PairKey]] = []
         batch: list[PairKey] = []
-        for image in order:
-            view = int(drawn[image]) if drawn is not None else 0
-            batch.extend((pair, view) for pair in self.images[image])
+        for group in order:
+            view = int(drawn[group]) if drawn is not None else 0
+            batch.extend((pair, view) for pair in self.groups[group])
             if len(batch) >= self.batch_size:
                 batches.append(batch)
                 batch = []

@@ -404,7 +404,14 @@ def _image_loader(
     caches: list[FeatureCache], data: Any, config: TrainConfig, shuffle: bool
 ) -> DataLoader:
     """Batches of whole images' prefix maps and captions (fine-tuning)."""
-    batches = ImageBatches(data.rows, config.batch_size, len(caches) - 1, config.seed, shuffle)
+    batches = ImageBatches(
+        data.rows,
+        config.batch_size,
+        len(caches) - 1,
+        config.seed,
+        shuffle,
+        by_image=config.fine_tune_batches == "images" or not shuffle,  # val: order is moot
+    )
     return DataLoader(
         PrefixPairs(caches, data),
         batch_sampler=batches,
