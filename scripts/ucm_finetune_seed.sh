@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One UCM-Captions seed of docs/RESULTS.md's fine-tuning recipe: MobileNetV2's last 5 blocks
+# trained with the decoder (backbone lr 1e-4, after 2 decoder-only epochs; 10 epochs, selected on
+# val CIDEr), then scored on test with beam 3 from features its own backbone makes.
+#   scripts/ucm_finetune_seed.sh SEED [VIEWS]   (VIEWS=dihedral: the flip/turn views too)
+#   -> runs/real/ucm-ft5-sSEED[-views]{,-b3.json}
+set -euo pipefail
+S=${1:?seed}
+V=${2:-}
+D=${DATA:-../shared/data}
+C=${CAPTIONER:-.venv/bin/captioner}
+O=runs/real
+mkdir -p $O
+[ -f $O/ucm.json ] || $C prepare $D/ucm-captions/dataset_ucm.json --images $D/ucm-captions/images --out $O/ucm.json
+$C extract --manifest $O/ucm.json --out $O/ucm-prefix5 --top-blocks 5 ${V:+--views $V} --no-progress
+RUN=ucm-ft5-s$S${V:+-views}
+$C train --config configs/ucm.yaml --manifest $O/ucm.json --features $O/ucm-prefix5 \
+  --out $O/$RUN --set select_on=CIDEr ${V:+"views=[$V]"} --epochs 10 --seed $S \
+  --fine-tune-blocks 5 --backbone-lr 1e-4 --fine-tune-after 2 --no-progress
+$C extract --manifest $O/ucm.json --out $O/$RUN-features --model $O/$RUN/model --splits test \
+  --no-progress
+$C evaluate --model $O/$RUN/model --manifest $O/ucm.json --features $O/$RUN-features \
+  --split test --beam-size 3 --output $O/$RUN-b3.json --no-progress
