@@ -326,3 +326,34 @@ def test_source_balanced_weights_give_every_source_and_class_the_same_share() ->
     c = sample_weights(labels, groups, 2, "class")
     assert float(c[0]) == pytest.approx(float(c[95]))  # inside a class, images equal
     assert float(c[:100].sum()) == pytest.approx(float(c[100:].sum()))
+
+
+def test_fine_tuning_the_last_blocks_trains_them_and_the_folder_carries_them(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from captioner.vision.backbones import load_backbone
+
+    write_kinds(tmp_path / "kinds", per_source=4, sources=3)
+    out = tmp_path / "run"
+    assert (
+        _train(tmp_path / "kinds", out, "--fine-tune-blocks", "2", "--fine-tune-epochs", "2") == 0
+    )
+    model = out / "model"
+    saved = load_file(str(model / "backbone.safetensors"))
+    stock = load_backbone("mobilenet_v2").trunk.state_dict()
+    changed = {k.split(".")[0] for k in saved if not torch.equal(saved[k], stock[k])}
+    assert changed == {"17", "18"}  # the last two blocks, nothing before
+    assert all(torch.equal(saved[k], stock[k]) for k in saved if "running_" in k)
+    config = json.loads((model / "config.json").read_text())
+    assert config["training"]["fine_tuned_blocks"] == 2
+    classifier = DocTypeClassifier.from_pretrained(model)  # its own backbone
+    assert classifier.backbone is not None
+    assert classifier.backbone.weights_id == config["model"]["backbone_weights_id"]
+    kinds = [p.kind for p in classifier([photo(900), text_page(901)])]
+    assert kinds == ["Photo", "Text"]
+    history = json.loads((out / "fine_tune" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    with pytest.raises(CheckpointError, match="weights"):  # the stock backbone is refused
+        DocTypeClassifier.from_pretrained(model, backbone=load_backbone("mobilenet_v2"))

@@ -3,7 +3,9 @@
 A classifier folder holds ``model.safetensors`` (the head) and ``config.json`` (format marker,
 classes, the backbone it reads, temperature, photo threshold, sha256 of the weights, training
 summary); the config is written last and nothing is unpickled. The backbone is the stock one
-named in the config, checked against the weights id recorded at training time.
+named in the config, checked against the weights id recorded at training time; a classifier
+whose last backbone blocks were fine-tuned also holds ``backbone.safetensors`` (the whole
+trunk, its SHA-256 the recorded weights id), which loading uses in place of the stock weights.
 
     clf = DocTypeClassifier.from_pretrained("runs/doctype/model")
     clf([Image.open("scan.jpg")])[0]  # DocTypePrediction(kind="Photo", ...)
@@ -38,6 +40,7 @@ FORMAT = "captioner-doctype"
 VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+BACKBONE_FILE = "backbone.safetensors"
 _OTHER_KINDS = {"captioner-model": "a captioner", "captioner-denoiser": "a denoiser"}
 
 
@@ -122,14 +125,29 @@ class DocTypeClassifier:
         head = DocTypeHead(config.channels, len(config.classes), config.dropout)
         load_state(head, weights)
         if backbone is None:
+            own = folder / BACKBONE_FILE
+            if backbone_weights.upper() == "DEFAULT" and own.is_file():
+                backbone_weights = str(own)
             backbone = load_backbone(config.backbone, backbone_weights)
         check_backbone(config, backbone, folder)
         return cls(head, config, backbone, device, sha, dict(meta.get("training", {})))
 
-    def save_pretrained(self, folder: str | Path, info: dict[str, Any] | None = None) -> str:
-        """Write ``model.safetensors`` then ``config.json``; return the weights' sha256."""
+    def save_pretrained(
+        self, folder: str | Path, info: dict[str, Any] | None = None, with_backbone: bool = False
+    ) -> str:
+        """Write ``model.safetensors`` then ``config.json``; return the weights' sha256.
+        ``with_backbone`` (fine-tuned blocks) also writes this classifier's backbone trunk and
+        records its SHA-256 as the backbone weights id."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if with_backbone:
+            from captioner.vision.blocks import save_trunk
+
+            if self.backbone is None:
+                raise CaptionerError("with_backbone needs the classifier's backbone")
+            self.config.backbone_weights_id = save_trunk(self.backbone, folder / BACKBONE_FILE)
+        elif (folder / BACKBONE_FILE).exists():
+            (folder / BACKBONE_FILE).unlink()  # a stale fine-tuned trunk must not be picked up
         state = {k: v for k, v in self.head.state_dict().items()}
         sha = atomic_save_safetensors(state, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
         self.info = info if info is not None else self.info

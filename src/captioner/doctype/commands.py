@@ -86,6 +86,24 @@ def add_classify_parser(sub: Any) -> None:
         "--photo-threshold", type=float, help=f"P(photo) to call a photo {d('photo_threshold')}"
     )
     p.add_argument("--noise-sigma", type=float, help=f"noisy validation view {d('noise_sigma')}")
+    p.add_argument(
+        "--fine-tune-blocks",
+        type=int,
+        help="then fine-tune the backbone's last N blocks with the head, on cached maps "
+        f"{d('fine_tune_blocks')}",
+    )
+    p.add_argument(
+        "--fine-tune-views",
+        type=int,
+        help=f"scan-augmented views besides the clean image in that phase {d('fine_tune_views')}",
+    )
+    p.add_argument("--fine-tune-epochs", type=int, help=f"{d('fine_tune_epochs')}")
+    p.add_argument(
+        "--backbone-lr",
+        type=float,
+        dest="backbone_learning_rate",
+        help=f"the fine-tuned blocks' learning rate {d('backbone_learning_rate')}",
+    )
     p.add_argument("--seed", type=int, help=f"split, views and initialisation {d('seed')}")
     p.add_argument("--workers", type=int, help=f"image-decoding processes {d('workers')}")
     p.add_argument("--device", help=f"{d('device')}")

@@ -37,6 +37,14 @@ from captioner.fileio import atomic_write_json, load_state
 from captioner.runlog import say
 from captioner.training.checkpoint import check_resume
 from captioner.training.classifier_config import MAY_CHANGE, ClassifierTrainConfig
+from captioner.training.classifier_finetune import (
+    TunedClassifier,
+    cache_prefix_maps,
+    pooled_of,
+    prefix_rows,
+    train_top_blocks,
+    validation_figures,
+)
 from captioner.training.loop import EpochTools, LoopSettings, fit
 from captioner.vision.backbones import Backbone, load_backbone
 
@@ -137,13 +145,20 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         resume=resume,
     )
     load_state(head, out / "model" / "model.safetensors")
+    if config.fine_tune_blocks:
+        evaluated = _fine_tune(
+            config, backbone, head, model_config, data, feats, transforms, evaluated, resume
+        )
+        val = evaluated["val"]
     head.eval()
     calibration = _stack(list(val.values()))
     with torch.no_grad():
         model_config.temperature = fit_temperature(
             head(calibration.x).numpy(), calibration.y.numpy()
         )
-    classifier = DocTypeClassifier(head, model_config)
+    classifier = DocTypeClassifier(
+        head, model_config, backbone if config.fine_tune_blocks else None
+    )
     reports = {
         split: {
             condition: classification_metrics(
@@ -170,7 +185,9 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         "reports": reports,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    classifier.save_pretrained(out / "model", info)
+    if config.fine_tune_blocks:
+        info["fine_tuned_blocks"] = config.fine_tune_blocks
+    classifier.save_pretrained(out / "model", info, with_backbone=bool(config.fine_tune_blocks))
     atomic_write_json(out / "report.json", reports)
     return ClassifierTrainResult(
         model_dir=out / "model",
@@ -182,6 +199,58 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         seconds=time.perf_counter() - started,
         data=data,
     )
+
+
+def _fine_tune(
+    config: ClassifierTrainConfig,
+    backbone: Backbone,
+    head: DocTypeHead,
+    model_config: DocTypeConfig,
+    data: LabelledSet,
+    feats: Path,
+    transforms: dict[str, Any],
+    evaluated: dict[str, dict[str, _Features]],
+    resume: bool,
+) -> dict[str, dict[str, _Features]]:
+    """The second phase: the last blocks with the head; returns the validation and test
+    features again, pooled through the fine-tuned blocks."""
+    from captioner.vision.blocks import split_backbone
+
+    prefix, top = split_backbone(backbone, config.fine_tune_blocks)
+    top.requires_grad_(True)
+    folder = feats / f"top{config.fine_tune_blocks}"
+    split_of = np.asarray([item.split for item in data.images])
+    labels = np.asarray([data.classes.index(item.label) for item in data.images])
+    groups = np.asarray([item.group for item in data.images])
+    noisy = next(name for name in transforms if name.startswith("noise_"))
+    train_views = ["clean", *(f"aug{i}" for i in range(min(config.fine_tune_views, config.views)))]
+
+    caches = {
+        name: cache_prefix_maps(data.images, name, transforms[name], folder, prefix, config)
+        for name in [*train_views, noisy]
+    }
+    train = prefix_rows([caches[v] for v in train_views], split_of == "train", labels, groups)
+    evaluated_rows = {
+        split: {
+            condition: prefix_rows([caches[condition]], split_of == split, labels, groups)
+            for condition in ("clean", noisy)
+        }
+        for split in evaluated
+    }
+    val_all = prefix_rows([caches["clean"], caches[noisy]], split_of == "val", labels, groups)
+    weights = sample_weights(train.y, train.groups, len(data.classes), config.balance)
+    classifier = DocTypeClassifier(head, model_config, backbone)
+    grid = (int(prefix.grid[0]), int(prefix.grid[1]))
+    model = train_top_blocks(
+        TunedClassifier(top, head, grid), classifier, train, val_all, weights, config, resume
+    )
+    return {
+        split: {
+            condition: _Features(pooled_of(model, part), part.y, part.groups)
+            for condition, part in parts.items()
+        }
+        for split, parts in evaluated_rows.items()
+    }
 
 
 def _labelled_data(config: ClassifierTrainConfig, out: Path, resume: bool) -> LabelledSet:
@@ -321,20 +390,8 @@ class _HeadTask:
 
     @torch.no_grad()
     def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
-        """Validation NLL after temperature scaling (the selection metric: the raw NLL grows
-        with overconfidence long before the ranking of the classes gets worse) and accuracy."""
         self.model.eval()
-        logits = self.model(self.val.x)
-        labels = self.val.y.numpy()
-        temperature = fit_temperature(logits.numpy(), labels)
-        calibrated = F.cross_entropy(logits / temperature, self.val.y)
-        predicted = logits.argmax(dim=1)
-        return {
-            "val_nll": float(calibrated),
-            "val_raw_nll": float(F.cross_entropy(logits, self.val.y)),
-            "val_accuracy": float((predicted == self.val.y).float().mean()),
-            "val_temperature": temperature,
-        }
+        return validation_figures(self.model(self.val.x), self.val.y)
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         return None

@@ -46,6 +46,14 @@ class ClassifierTrainConfig:
     photo_class: str = "Photo"
     photo_threshold: float = 0.5
     noise_sigma: float = 25.0  # the noisy validation and test view
+    # optional second phase (training/classifier_finetune.py): the backbone's last N blocks
+    # fine-tuned with the head, on cached maps of the clean image and fine_tune_views views
+    fine_tune_blocks: int = 0
+    fine_tune_views: int = 1
+    fine_tune_epochs: int = 8
+    fine_tune_batch_size: int = 64
+    fine_tune_learning_rate: float = 1e-4  # the head's, in that phase
+    backbone_learning_rate: float = 1e-4
     seed: int = 0
     extract_batch_size: int = 32
     workers: int = 2
