@@ -7,7 +7,9 @@ Rows (each timed for about ``--seconds`` after one untimed warm-up step):
 - decoder training steps (the trainer's own ``train_step``) in fp32, fp16 (GradScaler) and
   bf16 autocast, captions/s on MobileNetV2-sized grids (7x7x1280, vocabulary 5,000);
 - a training step through the whole backbone (forward and backward of MobileNetV2 at 224 px,
-  batch-norm statistics frozen), images/s per precision: the cost of fine-tuning the CNN;
+  batch-norm statistics frozen), images/s per precision: the cost of fine-tuning all of it;
+- the fine-tuning step `train --fine-tune-blocks 5` takes (training/finetune.py: MobileNetV2's
+  last 5 blocks and the decoder on cached 14x14x96 maps, 5 captions per image), captions/s;
 - feature extraction (backbone forward, channels-last, fp32 and fp16 autocast), images/s per
   backbone;
 - batched beam search (beam 3, 30 words), grids/s.
@@ -96,6 +98,31 @@ def backbone_training(device: torch.device, name: str, seconds: float, batch: in
     return timed(step, seconds, device)
 
 
+def tuned_training(device: torch.device, name: str, seconds: float, batch: int) -> float:
+    from captioner.training.finetune import TunedCaptionModel
+    from captioner.vision.blocks import split_backbone
+
+    torch.manual_seed(0)
+    prefix, top = split_backbone(load_backbone("mobilenet_v2", "none"), 5)
+    decoder = ShowAttendTell(ModelConfig(vocab_size=5000, feature_channels=1280, num_regions=49))
+    model = TunedCaptionModel(top.requires_grad_(True), decoder, prefix.grid).to(device)
+    optimizer = torch.optim.Adam(
+        [{"params": decoder.parameters()}, {"params": top.parameters(), "lr": 1e-4}], lr=1e-3
+    )
+    images = max(batch // 5, 1)
+    maps = torch.randn(images, 14 * 14, 96, device=device)
+    index = torch.arange(images, device=device).repeat_interleave(5)
+    caps = torch.randint(4, 5000, (len(index), 22), device=device)
+    settings, precision = TrainConfig(grad_clip=5.0, precision=name), Precision(name, device)
+
+    def step() -> int:
+        model.train()
+        train_step(model, model, [maps, index], caps, optimizer, settings, precision, DistContext())
+        return len(index)
+
+    return timed(step, seconds, device)
+
+
 def extraction(device: torch.device, name: str, half: bool, seconds: float, batch: int) -> float:
     backbone = load_backbone(name, "none").to(device, memory_format=torch.channels_last)
     size = backbone.preprocessing.image_size
@@ -161,6 +188,14 @@ def main() -> None:
                 "what": f"MobileNetV2 fine-tuning step (224 px), {name}",
                 "unit": "images/s",
                 "value": attempt(lambda n=name: backbone_training(device, n, t, b // 2)),
+            }
+        )
+    for name in ("fp32", "fp16", "bf16"):
+        rows.append(
+            {
+                "what": f"fine-tuning step, last 5 blocks + decoder (cached maps), {name}",
+                "unit": "captions/s",
+                "value": attempt(lambda n=name: tuned_training(device, n, t, b)),
             }
         )
     for name in BACKBONES:
