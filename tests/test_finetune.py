@@ -257,3 +257,34 @@ def test_an_ensemble_of_separately_fine_tuned_models_reads_each_ones_features(
         captions([tuned, other], [features["b"], features["a"]])  # each its own, in order
     with pytest.raises(CheckpointError, match="backbone mismatch"):
         captions([tuned, other], [features["a"]])  # one folder: they must share the backbone
+
+
+def test_caption_cli_and_scst_take_a_fine_tuned_model_as_it_is(
+    prepared: Path, tuned: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from captioner.training.scst import ScstConfig, finetune
+
+    manifest = prepared / "manifest.json"
+    own = prepared / "own-all"
+    assert (
+        main(["extract", "--manifest", str(manifest), "--out", str(own), "--model", str(tuned)])
+        == 0
+    )
+    config = ScstConfig(
+        model=str(tuned),
+        manifest=str(manifest),
+        features=str(own),
+        out=str(prepared / "scst"),
+        epochs=1,
+        samples=2,
+        batch_images=4,
+        max_length=6,
+        eval_beam_size=1,
+        progress=False,
+    )
+    model = finetune(config).model_dir
+    assert (model / BACKBONE_FILE).read_bytes() == (tuned / BACKBONE_FILE).read_bytes()
+    capsys.readouterr()
+    picture = prepared / "images" / "p08.png"
+    assert main(["caption", str(picture), "--model", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["caption"].startswith("a ")

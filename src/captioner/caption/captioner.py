@@ -10,6 +10,7 @@ fine-tuned also holds ``backbone.safetensors`` (the whole trunk; its SHA-256 is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from captioner.data.vocabulary import Vocabulary
 from captioner.errors import CaptionerError, CheckpointError, ImageLoadError
 from captioner.fileio import (
     atomic_save_safetensors,
+    atomic_write_bytes,
     atomic_write_json,
     load_state,
     read_json_document,
@@ -90,9 +92,13 @@ class Captioner:
     backbone: torch.nn.Module | None = None
 
     # ----------------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str | Path, with_backbone: bool = False) -> Path:
+    def save_pretrained(
+        self, folder: str | Path, with_backbone: bool = False, backbone_from: Path | None = None
+    ) -> Path:
         """Write the folder; ``with_backbone`` (a fine-tuned backbone) also writes the trunk
-        of ``self.backbone`` and makes its SHA-256 the header's ``weights_id``."""
+        of ``self.backbone`` and makes its SHA-256 the header's ``weights_id``;
+        ``backbone_from`` copies the fine-tuned trunk of the model folder this one was made
+        from (SCST), if that folder has one."""
         if not isinstance(self.model, ShowAttendTell):
             raise CaptionerError("an ensemble is not saved as one model: save its members")
         folder = Path(folder)
@@ -104,6 +110,13 @@ class Captioner:
                 raise CaptionerError("with_backbone needs the Captioner's backbone")
             sha = save_trunk(self.backbone, folder / BACKBONE_FILE)  # type: ignore[arg-type]
             self.backbone_header = {**self.backbone_header, "weights_id": sha}
+        elif backbone_from is not None and (Path(backbone_from) / BACKBONE_FILE).is_file():
+            data = (Path(backbone_from) / BACKBONE_FILE).read_bytes()
+            if hashlib.sha256(data).hexdigest() != self.backbone_header.get("weights_id"):
+                raise CheckpointError(
+                    f"{backbone_from / BACKBONE_FILE}: not the backbone this model reads"
+                )
+            atomic_write_bytes(folder / BACKBONE_FILE, data)
         elif (folder / BACKBONE_FILE).exists():
             (folder / BACKBONE_FILE).unlink()  # a stale fine-tuned trunk must not be picked up
         weights_sha = atomic_save_safetensors(

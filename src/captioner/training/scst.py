@@ -165,7 +165,7 @@ class ScstTask:
             }
         )
         Captioner(self.model, self.vocab, self.start.backbone_header, info).save_pretrained(
-            Path(self.config.out) / "model"
+            Path(self.config.out) / "model", backbone_from=Path(self.config.model)
         )
 
     def state(self) -> dict[str, Any]:
