@@ -99,6 +99,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     ctx, device = distributed.setup(resolve_device(config.device))
     try:
         Precision(config.precision, device)  # refuses e.g. fp16 on a CPU before any file
+        if config.fine_tune_blocks and ctx.enabled:
+            raise CaptionerError("fine-tuning under torchrun is not supported yet")
         task = CaptionTrainingTask(config, resume, ctx, device)
         result = fit(
             task,
@@ -166,8 +168,6 @@ class CaptionTrainingTask:
         check_backbone_matches(val_cache.header, self.cache_header)
         self.tuned: TunedCaptionModel | None = None
         if config.fine_tune_blocks:
-            if ctx.enabled:
-                raise CaptionerError("fine-tuning under torchrun is not supported yet")
             self.backbone, _, top = tuned_backbone(
                 train_cache.header,
                 config.fine_tune_blocks,
