@@ -4,6 +4,9 @@
 # val CIDEr), then scored on test with beam 3 from features its own backbone makes.
 #   scripts/ucm_finetune_seed.sh SEED [VIEWS]   (VIEWS=dihedral: the flip/turn views too)
 #   -> runs/real/ucm-ft5-sSEED[-views]{,-b3.json}
+# BATCHES=captions draws captions alone (as training on frozen grids does) instead of whole
+# images (the blocks then run once per caption); BLR sets the blocks' learning rate; both add
+# a suffix to the run's name when not the default.
 set -euo pipefail
 S=${1:?seed}
 V=${2:-}
@@ -13,10 +16,12 @@ O=runs/real
 mkdir -p $O
 [ -f $O/ucm.json ] || $C prepare $D/ucm-captions/dataset_ucm.json --images $D/ucm-captions/images --out $O/ucm.json
 $C extract --manifest $O/ucm.json --out $O/ucm-prefix5 --top-blocks 5 ${V:+--views $V} --no-progress
-RUN=ucm-ft5-s$S${V:+-views}
+B=${BATCHES:-images}
+L=${BLR:-1e-4}
+RUN=ucm-ft5-s$S${V:+-views}$([ "$B" = images ] || echo "-$B")$([ "$L" = 1e-4 ] || echo "-blr$L")
 $C train --config configs/ucm.yaml --manifest $O/ucm.json --features $O/ucm-prefix5 \
-  --out $O/$RUN --set select_on=CIDEr ${V:+"views=[$V]"} --epochs 10 --seed $S \
-  --fine-tune-blocks 5 --backbone-lr 1e-4 --fine-tune-after 2 --no-progress
+  --out $O/$RUN --set select_on=CIDEr ${V:+"views=[$V]"} "fine_tune_batches=$B" --epochs 10 \
+  --seed $S --fine-tune-blocks 5 --backbone-lr "$L" --fine-tune-after 2 --no-progress
 $C extract --manifest $O/ucm.json --out $O/$RUN-features --model $O/$RUN/model --splits test \
   --no-progress
 $C evaluate --model $O/$RUN/model --manifest $O/ucm.json --features $O/$RUN-features \
