@@ -4,9 +4,9 @@
 # val CIDEr), then scored on test with beam 3 from features its own backbone makes.
 #   scripts/ucm_finetune_seed.sh SEED [VIEWS]   (VIEWS=dihedral: the flip/turn views too)
 #   -> runs/real/ucm-ft5-sSEED[-views]{,-b3.json}
-# BATCHES=captions draws captions alone (as training on frozen grids does) instead of whole
-# images (the blocks then run once per caption); BLR sets the blocks' learning rate; both add
-# a suffix to the run's name when not the default.
+# BATCHES=captions (the default) draws captions alone, as training on frozen grids does; =images
+# batches whole images (the blocks run once per image; trained worse). BLR sets the blocks'
+# learning rate. Run names: -captions for caption batches (-images runs have no suffix), -blrX.
 set -euo pipefail
 S=${1:?seed}
 V=${2:-}
@@ -16,7 +16,7 @@ O=runs/real
 mkdir -p $O
 [ -f $O/ucm.json ] || $C prepare $D/ucm-captions/dataset_ucm.json --images $D/ucm-captions/images --out $O/ucm.json
 $C extract --manifest $O/ucm.json --out $O/ucm-prefix5 --top-blocks 5 ${V:+--views $V} --no-progress
-B=${BATCHES:-images}
+B=${BATCHES:-captions}
 L=${BLR:-1e-4}
 RUN=ucm-ft5-s$S${V:+-views}$([ "$B" = images ] || echo "-$B")$([ "$L" = 1e-4 ] || echo "-blr$L")
 $C train --config configs/ucm.yaml --manifest $O/ucm.json --features $O/ucm-prefix5 \

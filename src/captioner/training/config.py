@@ -64,7 +64,9 @@ class TrainConfig:
     fine_tune_blocks: int = 0
     backbone_learning_rate: float = 1e-4
     fine_tune_after: int = 0
-    fine_tune_batches: str = "images"  # "images": whole images per batch; "captions": drawn alone
+    # "captions": drawn alone, as on frozen grids (the blocks run once per caption); "images":
+    # whole images per batch (once per image: cheaper, but it trained worse on UCM, RESULTS.md)
+    fine_tune_batches: str = "captions"
     backbone_weights: str = "DEFAULT"  # the weights the maps were extracted with
 
     def __post_init__(self) -> None:

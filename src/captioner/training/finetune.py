@@ -2,9 +2,11 @@
 
 ``captioner extract --top-blocks N`` caches, per image, the map before the backbone's last N
 blocks; ``train --fine-tune-blocks N`` trains those blocks (their own, smaller learning rate;
-batch-norm statistics frozen) together with the decoder. Batches hold whole images: the top
-blocks run once per image for all its captions. The saved model folder carries the whole
-fine-tuned trunk (caption/captioner.py), so captioning images needs nothing else.
+batch-norm statistics frozen) together with the decoder. Batches are of captions drawn alone
+(the default: the blocks run for each caption's image, a batch's few repeats once) or of whole
+images (``fine_tune_batches="images"``: the blocks run once per image for all its captions;
+cheaper, but on UCM the less varied batches trained worse). The saved model folder carries the
+whole fine-tuned trunk (caption/captioner.py), so captioning images needs nothing else.
 """
 
 from __future__ import annotations
