@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from captioner.data.drawn_kinds import write_supplements
 from captioner.data.labelled import (
@@ -44,6 +43,7 @@ from captioner.training.classifier_finetune import (
     prefix_rows,
     train_top_blocks,
     validation_figures,
+    weighted_step,
 )
 from captioner.training.loop import EpochTools, LoopSettings, fit
 from captioner.vision.backbones import Backbone, load_backbone
@@ -373,18 +373,11 @@ class _HeadTask:
         total, seen = 0.0, 0
         for start in range(0, len(order), self.config.batch_size):
             rows = order[start : start + self.config.batch_size]
-            weights = self.weights[rows]
-            losses = F.cross_entropy(
-                self.model(self.train.x[rows]),
-                self.train.y[rows],
-                reduction="none",
-                label_smoothing=self.config.label_smoothing,
+            logits = self.model(self.train.x[rows])
+            loss = weighted_step(
+                logits, self.train.y[rows], self.weights[rows], self.optimizer, self.config
             )
-            loss = (losses * weights).sum() / weights.sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach()) * len(rows)
+            total += loss * len(rows)
             seen += len(rows)
         return {"train_loss": total / max(seen, 1)}
 

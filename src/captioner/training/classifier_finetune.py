@@ -119,6 +119,24 @@ def pooled_of(model: TunedClassifier, rows: PrefixRows, batch: int = 128) -> tor
     return torch.cat(out)
 
 
+def weighted_step(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    config: ClassifierTrainConfig,
+) -> float:
+    """One optimizer step on the weighted, label-smoothed cross-entropy; returns the loss."""
+    losses = F.cross_entropy(
+        logits, labels, reduction="none", label_smoothing=config.label_smoothing
+    )
+    loss = (losses * weights).sum() / weights.sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def validation_figures(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Calibrated NLL (the selection metric: the raw NLL grows with overconfidence long before
     the ranking of the classes gets worse), raw NLL, accuracy, temperature."""
@@ -167,18 +185,11 @@ class TunedHeadTask:
         total, seen = 0.0, 0
         for start in tools.bar(range(0, len(order), size), desc=f"fine-tune {epoch}"):
             rows = order[start : start + size]
-            weights = self.weights[rows]
-            losses = F.cross_entropy(
-                self.model(self.train.maps(rows.tolist())),
-                self.train.y[rows],
-                reduction="none",
-                label_smoothing=self.config.label_smoothing,
+            logits = self.model(self.train.maps(rows.tolist()))
+            loss = weighted_step(
+                logits, self.train.y[rows], self.weights[rows], self.optimizer, self.config
             )
-            loss = (losses * weights).sum() / weights.sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += float(loss.detach()) * len(rows)
+            total += loss * len(rows)
             seen += len(rows)
         return {"train_loss": total / max(seen, 1)}
 
