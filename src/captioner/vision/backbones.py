@@ -248,11 +248,12 @@ def load_backbone(name: str, weights: str = "DEFAULT", image_size: int | None = 
         default = weights.upper() == "DEFAULT"
         path = _default_weights_file(name, spec) if default else Path(weights).expanduser()
         state = read_state_dict(path)
-        if _saved_trunk_of(path) is None:
+        saved = _saved_trunk_of(path)
+        if saved is None:
             model = spec.build(state)
             _load_strict(model, state, path, name)
         else:
-            model = _with_saved_trunk(spec, state, path, name)
+            model = _with_saved_trunk(spec, state, path, name, saved)
         weights_id = _sha256_cached(str(path.resolve()), *_stat_key(path))
     return Backbone(
         name, spec.trunk(model), spec.channels, spec.grid, spec.preprocessing, weights_id
@@ -270,9 +271,11 @@ def _saved_trunk_of(path: Path) -> str | None:
     return metadata.get("backbone") if metadata.get("format") == TRUNK_FORMAT else None
 
 
-def _with_saved_trunk(spec: _Spec, state: dict[str, Tensor], path: Path, name: str) -> nn.Module:
-    """The stock network (random init) with a saved trunk loaded strictly into its trunk."""
-    saved = _saved_trunk_of(path)
+def _with_saved_trunk(
+    spec: _Spec, state: dict[str, Tensor], path: Path, name: str, saved: str
+) -> nn.Module:
+    """The stock network (random init) with a saved ``saved`` trunk loaded strictly into its
+    trunk."""
     if saved != name:
         raise CaptionerError(f"{path}: a fine-tuned {saved} trunk, not {name} weights")
     with torch.random.fork_rng(devices=[]):

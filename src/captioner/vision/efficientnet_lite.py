@@ -137,22 +137,19 @@ class LiteTrunk(nn.Module):
     def blocks(self) -> list[nn.Module]:
         """Stem, each MBConv block, head: ``features`` as a sequence (fine-tuning cuts it)."""
         model = self.model
-        return [_Stem(model), *model._blocks, _Head(model)]
+        return [
+            _ConvBnReLU6(model._conv_stem, model._bn0),
+            *model._blocks,
+            _ConvBnReLU6(model._conv_head, model._bn1),
+        ]
 
 
-class _Stem(nn.Module):
-    def __init__(self, model: EfficientNetLite) -> None:
+class _ConvBnReLU6(nn.Module):
+    """The stem or the head of ``EfficientNetLite.features`` as a block (shares its modules)."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module) -> None:
         super().__init__()
-        self.conv, self.bn = model._conv_stem, model._bn0
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu6(self.bn(self.conv(x)))
-
-
-class _Head(nn.Module):
-    def __init__(self, model: EfficientNetLite) -> None:
-        super().__init__()
-        self.conv, self.bn = model._conv_head, model._bn1
+        self.conv, self.bn = conv, bn
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu6(self.bn(self.conv(x)))
