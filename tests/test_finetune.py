@@ -24,7 +24,7 @@ from captioner.features.extract import extract_manifest
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
 from captioner.vision.backbones import load_backbone
-from captioner.vision.blocks import grid_of_prefix, split_backbone, trunk_blocks
+from captioner.vision.blocks import TRUNK_FILE, grid_of_prefix, split_backbone, trunk_blocks
 
 # MobileNetV2 (its offline ImageNet weights: random ones give vanishing maps) at 64 px, a 2x2
 # grid; its last 2 blocks are fine-tuned
@@ -102,6 +102,7 @@ def test_fine_tuning_changes_only_the_last_blocks(prepared: Path, tuned: Path) -
     stock = load_backbone("mobilenet_v2", "DEFAULT", SIZE).trunk.state_dict()
     saved = load_file(str(tuned / BACKBONE_FILE))
     assert saved.keys() == stock.keys()
+    assert BACKBONE_FILE == TRUNK_FILE  # the captioner's name for the file vision/blocks writes
     changed = {k.split(".")[0] for k in saved if not torch.equal(saved[k], stock[k])}
     # blocks 17 and 18 trained; batch-norm statistics (running mean/var) stayed
     assert changed == {"17", "18"}

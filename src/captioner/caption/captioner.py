@@ -47,7 +47,7 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
-BACKBONE_FILE = "backbone.safetensors"
+BACKBONE_FILE = "backbone.safetensors"  # vision.blocks.TRUNK_FILE (not imported: torchvision)
 
 ImageInput = str | Path | Image.Image
 
@@ -103,12 +103,12 @@ class Captioner:
             raise CaptionerError("an ensemble is not saved as one model: save its members")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if with_backbone:
-            from captioner.vision.blocks import save_trunk
+        from captioner.vision.blocks import write_folder_trunk
 
+        if with_backbone:
             if self.backbone is None:
                 raise CaptionerError("with_backbone needs the Captioner's backbone")
-            sha = save_trunk(self.backbone, folder / BACKBONE_FILE)  # type: ignore[arg-type]
+            sha = write_folder_trunk(folder, self.backbone)  # type: ignore[arg-type]
             self.backbone_header = {**self.backbone_header, "weights_id": sha}
         elif backbone_from is not None and (Path(backbone_from) / BACKBONE_FILE).is_file():
             data = (Path(backbone_from) / BACKBONE_FILE).read_bytes()
@@ -117,8 +117,8 @@ class Captioner:
                     f"{backbone_from / BACKBONE_FILE}: not the backbone this model reads"
                 )
             atomic_write_bytes(folder / BACKBONE_FILE, data)
-        elif (folder / BACKBONE_FILE).exists():
-            (folder / BACKBONE_FILE).unlink()  # a stale fine-tuned trunk must not be picked up
+        else:
+            write_folder_trunk(folder, None)
         weights_sha = atomic_save_safetensors(
             self.model.state_dict(), folder / WEIGHTS_FILE, metadata={"format": FORMAT}
         )
@@ -170,7 +170,7 @@ class Captioner:
         model.to(device).eval()
         captioner = cls(model, vocab, dict(config["backbone"]), dict(config.get("info", {})))
         if backbone_weights is not None:
-            captioner.attach_backbone(own_backbone_weights(folder, backbone_weights), device)
+            captioner.attach_backbone(folder_trunk_weights(folder, backbone_weights), device)
         return captioner
 
     @classmethod
@@ -208,7 +208,7 @@ class Captioner:
         model = Ensemble([m.model for m in members], own_features).to(device).eval()
         captioner = cls(model, first.vocab, dict(first.backbone_header), info)
         if backbone_weights is not None:
-            weights = own_backbone_weights(Path(folders[0]), backbone_weights)
+            weights = folder_trunk_weights(Path(folders[0]), backbone_weights)
             captioner.attach_backbone(weights, device)
         return captioner
 
@@ -325,10 +325,11 @@ class Captioner:
         return CaptionResult("", [], [], float("-inf"), empty, self.grid, False, name, error)
 
 
-def own_backbone_weights(folder: Path, weights: str) -> str:
-    """``weights``, except that "DEFAULT" means the folder's fine-tuned trunk if it has one."""
-    own = folder / BACKBONE_FILE
-    return str(own) if weights.upper() == "DEFAULT" and own.is_file() else weights
+def folder_trunk_weights(folder: Path, weights: str) -> str:
+    """``weights``, or the folder's own fine-tuned trunk for "DEFAULT" (vision/blocks.py)."""
+    from captioner.vision import blocks
+
+    return blocks.folder_trunk_weights(folder, weights)
 
 
 def backbone_of(folder: str | Path) -> tuple[str, str, int | None]:
@@ -337,7 +338,7 @@ def backbone_of(folder: str | Path) -> tuple[str, str, int | None]:
     folder = Path(folder)
     header = read_model_config(folder)["backbone"]
     size = header.get("preprocessing", {}).get("image_size")
-    return str(header["backbone"]), own_backbone_weights(folder, "DEFAULT"), size
+    return str(header["backbone"]), folder_trunk_weights(folder, "DEFAULT"), size
 
 
 def read_model_config(folder: Path) -> dict[str, Any]:

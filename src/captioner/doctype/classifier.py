@@ -34,13 +34,13 @@ from captioner.fileio import (
     verify_sha256,
 )
 from captioner.vision.backbones import Backbone, load_backbone
+from captioner.vision.blocks import folder_trunk_weights, write_folder_trunk
 from captioner.vision.images import load_image
 
 FORMAT = "captioner-doctype"
 VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-BACKBONE_FILE = "backbone.safetensors"
 _OTHER_KINDS = {"captioner-model": "a captioner", "captioner-denoiser": "a denoiser"}
 
 
@@ -125,10 +125,9 @@ class DocTypeClassifier:
         head = DocTypeHead(config.channels, len(config.classes), config.dropout)
         load_state(head, weights)
         if backbone is None:
-            own = folder / BACKBONE_FILE
-            if backbone_weights.upper() == "DEFAULT" and own.is_file():
-                backbone_weights = str(own)
-            backbone = load_backbone(config.backbone, backbone_weights)
+            backbone = load_backbone(
+                config.backbone, folder_trunk_weights(folder, backbone_weights)
+            )
         check_backbone(config, backbone, folder)
         return cls(head, config, backbone, device, sha, dict(meta.get("training", {})))
 
@@ -140,14 +139,11 @@ class DocTypeClassifier:
         records its SHA-256 as the backbone weights id."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if with_backbone:
-            from captioner.vision.blocks import save_trunk
-
-            if self.backbone is None:
-                raise CaptionerError("with_backbone needs the classifier's backbone")
-            self.config.backbone_weights_id = save_trunk(self.backbone, folder / BACKBONE_FILE)
-        elif (folder / BACKBONE_FILE).exists():
-            (folder / BACKBONE_FILE).unlink()  # a stale fine-tuned trunk must not be picked up
+        if with_backbone and self.backbone is None:
+            raise CaptionerError("with_backbone needs the classifier's backbone")
+        sha = write_folder_trunk(folder, self.backbone if with_backbone else None)
+        if sha is not None:
+            self.config.backbone_weights_id = sha
         state = {k: v for k, v in self.head.state_dict().items()}
         sha = atomic_save_safetensors(state, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
         self.info = info if info is not None else self.info

@@ -19,6 +19,8 @@ from captioner.fileio import atomic_save_safetensors
 from captioner.vision.backbones import TRUNK_FORMAT, Backbone
 from captioner.vision.efficientnet_lite import LiteTrunk
 
+TRUNK_FILE = "backbone.safetensors"  # a model folder's own fine-tuned trunk
+
 
 def trunk_blocks(trunk: nn.Module) -> list[nn.Module]:
     """The trunk's blocks in order: what ``top_blocks`` counts from the end."""
@@ -70,3 +72,19 @@ def save_trunk(backbone: Backbone, path: Path) -> str:
     which is what ``load_backbone`` then reports as the weights' id."""
     metadata = {"format": TRUNK_FORMAT, "backbone": backbone.name}
     return atomic_save_safetensors(backbone.trunk.state_dict(), path, metadata=metadata)
+
+
+def write_folder_trunk(folder: Path, backbone: Backbone | None) -> str | None:
+    """Save ``backbone``'s trunk as ``folder``'s own (returns its SHA-256), or with None
+    remove a stale one so that loading the folder does not pick it up."""
+    if backbone is not None:
+        return save_trunk(backbone, folder / TRUNK_FILE)
+    (folder / TRUNK_FILE).unlink(missing_ok=True)
+    return None
+
+
+def folder_trunk_weights(folder: Path, weights: str) -> str:
+    """``weights``, except that "DEFAULT" means ``folder``'s own fine-tuned trunk if it has
+    one."""
+    own = folder / TRUNK_FILE
+    return str(own) if weights.upper() == "DEFAULT" and own.is_file() else weights
