@@ -147,8 +147,9 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     load_state(head, out / "model" / "model.safetensors")
     if config.fine_tune_blocks:
         evaluated = _fine_tune(
-            config, backbone, head, model_config, data, feats, transforms, evaluated, resume
-        )
+            config, backbone, head, model_config, data, (split_of, labels, groups), feats,
+            transforms, evaluated, resume,
+        )  # fmt: skip
         val = evaluated["val"]
     head.eval()
     calibration = _stack(list(val.values()))
@@ -207,21 +208,21 @@ def _fine_tune(
     head: DocTypeHead,
     model_config: DocTypeConfig,
     data: LabelledSet,
+    columns: tuple[np.ndarray, np.ndarray, np.ndarray],
     feats: Path,
     transforms: dict[str, Any],
     evaluated: dict[str, dict[str, _Features]],
     resume: bool,
 ) -> dict[str, dict[str, _Features]]:
     """The second phase: the last blocks with the head; returns the validation and test
-    features again, pooled through the fine-tuned blocks."""
+    features again, pooled through the fine-tuned blocks. ``columns``: the split, class index
+    and source of each of ``data.images``."""
     from captioner.vision.blocks import split_backbone
 
     prefix, top = split_backbone(backbone, config.fine_tune_blocks)
     top.requires_grad_(True)
     folder = feats / f"top{config.fine_tune_blocks}"
-    split_of = np.asarray([item.split for item in data.images])
-    labels = np.asarray([data.classes.index(item.label) for item in data.images])
-    groups = np.asarray([item.group for item in data.images])
+    split_of, labels, groups = columns
     noisy = next(name for name in transforms if name.startswith("noise_"))
     train_views = ["clean", *(f"aug{i}" for i in range(min(config.fine_tune_views, config.views)))]
 
