@@ -66,15 +66,12 @@ def tv(weight: float) -> Method:
     return run
 
 
-def ours(model: Path, channels_last: bool = False) -> Method:
+def ours(model: Path) -> Method:
+    """The denoiser as the pipeline runs it (scales folded, channels-last: ``Denoiser``)."""
     denoiser = load_denoiser(model)
-    if channels_last:
-        denoiser.net.to(memory_format=torch.channels_last)
 
     def run(noisy: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(noisy.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         out = denoiser.denoise_tensor(x)[0].permute(1, 2, 0).numpy()
         return np.rint(out * 255.0).astype(np.uint8)
 
@@ -140,7 +137,13 @@ def _array(path: Path) -> np.ndarray:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="denoiser folder")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="denoiser folder(s); several give the PSNR-against-speed curve",
+    )
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--count", type=int, default=40, help="held-out photos to measure")
     parser.add_argument("--tune-count", type=int, default=4, help="val photos to tune on")
@@ -151,6 +154,7 @@ def main() -> int:
     )
     parser.add_argument("--size", type=int, help="resize the clean photos to SIZE x SIZE first")
     parser.add_argument("--output", type=Path, help="also write the numbers as JSON")
+    parser.add_argument("--plot", type=Path, help="also draw PSNR against images/s (PNG)")
     args = parser.parse_args()
 
     if args.threads > 0:
@@ -162,11 +166,10 @@ def main() -> int:
         _resized(_array(f), args.size)
         for f in split_images(list_images(args.images), "val")[: args.tune_count]
     ]
-    ours_method = ours(args.model)
-    ours_nhwc = ours(args.model, channels_last=True)
+    models = {_model_label(m, args.model): ours(m) for m in args.model}
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{cv2.getNumThreads()} OpenCV threads; model {args.model}"
+        f"{cv2.getNumThreads()} OpenCV threads; models {', '.join(map(str, args.model))}"
         + (f"; photos resized to {args.size} px" if args.size else "")
     )
     results: list[dict[str, object]] = []
@@ -176,8 +179,7 @@ def main() -> int:
         weight = tune(tv, TV_WEIGHTS, tune_pairs)
         methods: dict[str, Method] = {
             "noisy input": lambda n: n,
-            "ours": ours_method,
-            "ours, channels-last": ours_nhwc,
+            **models,
             f"OpenCV NLM (h={h:g})": nlm(h),
             f"TV Chambolle (w={weight:g})": tv(weight),
         }
@@ -199,7 +201,44 @@ def main() -> int:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        plot_curve(results, args.plot)
     return 0
+
+
+def _model_label(model: Path, models: list[Path]) -> str:
+    """``ours`` for one model; with several, ``ours (RUN)`` after each run folder's name."""
+    if len(models) == 1:
+        return "ours"
+    folder = model.parent if model.name == "model" else model
+    return f"ours ({folder.name})"
+
+
+def plot_curve(results: list[dict[str, object]], path: Path) -> None:
+    """PSNR against images/s, one panel per sigma; dots: our models, crosses: the classics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["method"] != "noisy input"]
+    sigmas = sorted({float(str(r["sigma"])) for r in rows})
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(7 * len(sigmas), 5), squeeze=False)
+    for ax, sigma in zip(axes[0], sigmas, strict=True):
+        for r in (r for r in rows if float(str(r["sigma"])) == sigma):
+            method, where = str(r["method"]), str(r["set"]).split(" (")[0]
+            x, y = float(str(r["ips"])), float(str(r["psnr"]))
+            ax.scatter(x, y, marker="o" if method.startswith("ours") else "x")
+            ax.annotate(f"{method} · {where}", (x, y), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("images/s (one thread)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(f"sigma {sigma:g}")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,25 @@ def test_models_saved_before_these_settings_are_plain_relu_models() -> None:
         DenoiserConfig(activation="gelu")
 
 
+def test_inference_copy_folds_the_scales_and_computes_the_same_function() -> None:
+    torch.manual_seed(0)
+    net = DenoiserNet(TINY).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(".scale"):
+                p.fill_(0.7)  # trained scales are not 0: folding must change the weights
+        net.tail.weight.normal_(0.0, 0.05)
+    fast = net.for_inference()
+    assert not any(name.endswith(".scale") for name in fast.state_dict())
+    assert any(name.endswith(".scale") for name in net.state_dict())  # the original is kept
+    x = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        expected, got = net(x), fast(x.contiguous(memory_format=torch.channels_last))
+    assert (expected - x).abs().mean() > 1e-3  # the comparison is not between identities
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert torch.allclose(Denoiser(net, "x").denoise_tensor(x), expected.clamp(0, 1), atol=1e-5)
+
+
 def test_tiles_give_the_whole_image_result() -> None:
     torch.manual_seed(0)
     net = DenoiserNet(TINY)

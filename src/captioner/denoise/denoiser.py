@@ -37,7 +37,9 @@ class Denoiser:
 
     Other modes are converted to RGB first (grey replicated, alpha composited on white).
     ``tile`` bounds the size of one forward pass; tiles overlap by ``overlap`` pixels on each
-    side and only their centres are kept, so tiling does not show.
+    side and only their centres are kept, so tiling does not show. It runs
+    :meth:`DenoiserNet.for_inference` of ``net`` (scales folded, channels-last), so
+    ``self.net`` is not the module that was passed in.
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class Denoiser:
     ) -> None:
         if tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) must be larger than twice the overlap ({overlap})")
-        self.net = net.to(device).eval()
+        self.net = net.for_inference().to(device)
         self.weights_id = weights_id
         self.info = info or {}
         self.tile = tile
@@ -79,6 +81,7 @@ class Denoiser:
     def denoise_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Denoise a batch ``[B, 3, H, W]`` in [0, 1], tile by tile when it is large."""
         height, width = x.shape[-2:]
+        x = x.contiguous(memory_format=torch.channels_last)
         if height <= self.tile and width <= self.tile:
             return self.net(x).clamp_(0.0, 1.0)
         out = torch.empty_like(x)

@@ -12,6 +12,7 @@ cropped back.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,8 @@ def _activation(name: str, inplace: bool = True) -> nn.Module:
 class _ResidualConv(nn.Module):
     """``x + a * conv(act(x))``; ``a`` starts at 0, so the block starts as the identity."""
 
+    scale: nn.Parameter | None
+
     def __init__(self, channels: int, activation: str) -> None:
         super().__init__()
         self.act = _activation(activation, inplace=False)  # x is needed for the sum
@@ -88,7 +91,17 @@ class _ResidualConv(nn.Module):
         self.scale = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.scale is None:  # folded into the conv (inference copies)
+            return x + self.conv(self.act(x))
         return x + self.scale * self.conv(self.act(x))
+
+    @torch.no_grad()
+    def fold_scale(self) -> None:
+        """Multiply ``a`` into the conv's weights and bias: one pass over the maps less."""
+        if self.scale is not None:
+            self.conv.weight.mul_(self.scale)
+            self.conv.bias.mul_(self.scale)
+            self.scale = None
 
 
 def _convs(channels: int, count: int, activation: str, residual: bool = False) -> nn.Sequential:
@@ -160,6 +173,16 @@ class DenoiserNet(nn.Module):
             h = self.decoders[i](self.ups[i](h) + skips[i])
         noise = F.pixel_shuffle(self.tail(h) + self.linear(folded), 2)
         return noisy - noise[..., :height, :width]
+
+    def for_inference(self) -> DenoiserNet:
+        """A copy in eval mode with every residual scale folded into its conv and the weights
+        channels-last (the fast layout for CPU convolutions); the same function up to float
+        rounding. Not for training or saving: the folded copy has no scales to learn."""
+        net = copy.deepcopy(self).eval()
+        for module in net.modules():
+            if isinstance(module, _ResidualConv):
+                module.fold_scale()
+        return net.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def inactive_channels(self, noisy: Tensor, batch: int = 8) -> dict[str, float]:
