@@ -29,7 +29,7 @@ def test_starts_close_to_the_identity(activation: str, residual: bool) -> None:
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         change = (net(x) - x).abs()
-    assert change.mean() < 0.05 and change.max() < 0.3  # a random net would change everything
+    assert change.mean() < 0.03 and change.max() < 0.15  # a random net would change everything
 
 
 def test_models_saved_before_these_settings_are_plain_relu_models() -> None:
@@ -50,11 +50,9 @@ def test_inference_copy_folds_the_scales_and_computes_the_same_function() -> Non
     torch.manual_seed(0)
     net = DenoiserNet(TINY).eval()
     with torch.no_grad():
-        for name, p in net.named_parameters():  # a trained net: no zero convs, scales not 1
+        for name, p in net.named_parameters():
             if name.endswith(".scale"):
-                p.fill_(0.7)
-            elif name.endswith(".conv.weight"):
-                p.normal_(0.0, 0.05)
+                p.fill_(0.7)  # trained scales are not 0: folding must change the weights
         net.tail.weight.normal_(0.0, 0.05)
     fast = net.for_inference()
     assert not any(name.endswith(".scale") for name in fast.state_dict())

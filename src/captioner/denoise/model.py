@@ -25,11 +25,8 @@ from torch import Tensor, nn
 class DenoiserConfig:
     """Architecture sizes (saved in the checkpoint's config.json)."""
 
-    # Channels per level, from half resolution down, and 3x3 convs per level (each side of the
-    # U). The first default (24-192, depths 2/2/3/4) had 2.4x the multiply-adds per pixel and
-    # ran 2.5x NLM's speed at 224 px; this one is the pipeline's (docs/RESULTS.md, Denoiser).
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    depths: tuple[int, ...] = (1, 2, 3, 4)
+    widths: tuple[int, ...] = (24, 48, 96, 192)  # channels per level, from half resolution down
+    depths: tuple[int, ...] = (2, 2, 3, 4)  # 3x3 conv layers per level (each side of the U)
     in_channels: int = 3
     # "leaky_relu" (slope 0.1) or "relu". Plain ReLUs die at the learning rate that trains this
     # net in minutes: 40-98 % of a level's channels never fired after 4 epochs, and how many
