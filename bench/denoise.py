@@ -237,7 +237,7 @@ def plot_curve(results: list[dict[str, object]], path: Path) -> None:
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the labels stay inside the picture
     plt.close(fig)
 
 
