@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from captioner.caption.captioner import BACKBONE_FILE, Captioner
+from captioner.caption.captioner import Captioner
 from captioner.caption.config import DecoderShape
 from captioner.caption.decode_settings import DecodeSettings
 from captioner.cli import main
@@ -24,7 +24,8 @@ from captioner.features.extract import extract_manifest
 from captioner.training.config import TrainConfig
 from captioner.training.trainer import train
 from captioner.vision.backbones import load_backbone
-from captioner.vision.blocks import TRUNK_FILE, grid_of_prefix, split_backbone, trunk_blocks
+from captioner.vision.blocks import grid_of_prefix, split_backbone, trunk_blocks
+from captioner.vision.trunk_file import TRUNK_FILE
 
 # MobileNetV2 (its offline ImageNet weights: random ones give vanishing maps) at 64 px, a 2x2
 # grid; its last 2 blocks are fine-tuned
@@ -100,9 +101,8 @@ def test_the_cut_backbone_gives_the_whole_backbones_grid() -> None:
 
 def test_fine_tuning_changes_only_the_last_blocks(prepared: Path, tuned: Path) -> None:
     stock = load_backbone("mobilenet_v2", "DEFAULT", SIZE).trunk.state_dict()
-    saved = load_file(str(tuned / BACKBONE_FILE))
+    saved = load_file(str(tuned / TRUNK_FILE))
     assert saved.keys() == stock.keys()
-    assert BACKBONE_FILE == TRUNK_FILE  # the captioner's name for the file vision/blocks writes
     changed = {k.split(".")[0] for k in saved if not torch.equal(saved[k], stock[k])}
     # blocks 17 and 18 trained; batch-norm statistics (running mean/var) stayed
     assert changed == {"17", "18"}
@@ -119,7 +119,7 @@ def test_the_saved_model_captions_images_as_it_did_in_training(prepared: Path, t
     decode = DecodeSettings(beam_size=2)
     from_images = [r.caption for r in captioner.caption(paths, decode)]
     # the same captions from the prefix maps through the trained top blocks
-    backbone = load_backbone("mobilenet_v2", str(tuned / BACKBONE_FILE), SIZE)
+    backbone = load_backbone("mobilenet_v2", str(tuned / TRUNK_FILE), SIZE)
     _, top = split_backbone(backbone, TOP)
     cache = FeatureCache.open(prepared / "prefix" / "val")
     prefix = torch.from_numpy(np.stack([cache.features(i) for i in range(4)]).astype(np.float32))
@@ -158,7 +158,7 @@ def test_resumed_fine_tuning_ends_with_the_weights_of_an_uninterrupted_run(
     torch.manual_seed(0)
     train(config_of(prepared, "parts", fine_tune_after=1, epochs=2))
     parts = train(config_of(prepared, "parts", fine_tune_after=1), resume=True)
-    for name in ("model.safetensors", BACKBONE_FILE):
+    for name in ("model.safetensors", TRUNK_FILE):
         a, b = load_file(str(whole.model_dir / name)), load_file(str(parts.model_dir / name))
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_loss"] for r in whole.history] == [r["val_loss"] for r in parts.history]
@@ -168,7 +168,7 @@ def test_the_first_epochs_train_the_decoder_only_when_asked(prepared: Path) -> N
     torch.manual_seed(0)
     result = train(config_of(prepared, "warm", epochs=1, fine_tune_after=1))
     stock = load_backbone("mobilenet_v2", "DEFAULT", SIZE).trunk.state_dict()
-    saved = load_file(str(result.model_dir / BACKBONE_FILE))
+    saved = load_file(str(result.model_dir / TRUNK_FILE))
     assert all(torch.equal(saved[k], stock[k]) for k in saved)
 
 
@@ -284,7 +284,7 @@ def test_caption_cli_and_scst_take_a_fine_tuned_model_as_it_is(
         progress=False,
     )
     model = finetune(config).model_dir
-    assert (model / BACKBONE_FILE).read_bytes() == (tuned / BACKBONE_FILE).read_bytes()
+    assert (model / TRUNK_FILE).read_bytes() == (tuned / TRUNK_FILE).read_bytes()
     capsys.readouterr()
     picture = prepared / "images" / "p08.png"
     assert main(["caption", str(picture), "--model", str(model), "--json"]) == 0

@@ -41,13 +41,13 @@ from captioner.fileio import (
     read_json_document,
     verify_sha256,
 )
+from captioner.vision.trunk_file import TRUNK_FILE, folder_trunk_weights
 
 FORMAT = "captioner-model"
 VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
-BACKBONE_FILE = "backbone.safetensors"  # vision.blocks.TRUNK_FILE (not imported: torchvision)
 
 ImageInput = str | Path | Image.Image
 
@@ -110,13 +110,13 @@ class Captioner:
                 raise CaptionerError("with_backbone needs the Captioner's backbone")
             sha = write_folder_trunk(folder, self.backbone)  # type: ignore[arg-type]
             self.backbone_header = {**self.backbone_header, "weights_id": sha}
-        elif backbone_from is not None and (Path(backbone_from) / BACKBONE_FILE).is_file():
-            data = (Path(backbone_from) / BACKBONE_FILE).read_bytes()
+        elif backbone_from is not None and (Path(backbone_from) / TRUNK_FILE).is_file():
+            data = (Path(backbone_from) / TRUNK_FILE).read_bytes()
             if hashlib.sha256(data).hexdigest() != self.backbone_header.get("weights_id"):
                 raise CheckpointError(
-                    f"{backbone_from / BACKBONE_FILE}: not the backbone this model reads"
+                    f"{backbone_from / TRUNK_FILE}: not the backbone this model reads"
                 )
-            atomic_write_bytes(folder / BACKBONE_FILE, data)
+            atomic_write_bytes(folder / TRUNK_FILE, data)
         else:
             write_folder_trunk(folder, None)
         weights_sha = atomic_save_safetensors(
@@ -323,13 +323,6 @@ class Captioner:
     def _failed(self, name: str | None, error: str) -> CaptionResult:
         empty = np.zeros((0, self.grid[0] * self.grid[1]), dtype=np.float32)
         return CaptionResult("", [], [], float("-inf"), empty, self.grid, False, name, error)
-
-
-def folder_trunk_weights(folder: Path, weights: str) -> str:
-    """``weights``, or the folder's own fine-tuned trunk for "DEFAULT" (vision/blocks.py)."""
-    from captioner.vision import blocks
-
-    return blocks.folder_trunk_weights(folder, weights)
 
 
 def backbone_of(folder: str | Path) -> tuple[str, str, int | None]:

@@ -34,8 +34,9 @@ from captioner.fileio import (
     verify_sha256,
 )
 from captioner.vision.backbones import Backbone, load_backbone
-from captioner.vision.blocks import folder_trunk_weights, write_folder_trunk
+from captioner.vision.blocks import write_folder_trunk
 from captioner.vision.images import load_image
+from captioner.vision.trunk_file import folder_trunk_weights
 
 FORMAT = "captioner-doctype"
 VERSION = 1

@@ -18,8 +18,7 @@ from captioner.errors import CaptionerError
 from captioner.fileio import atomic_save_safetensors
 from captioner.vision.backbones import TRUNK_FORMAT, Backbone
 from captioner.vision.efficientnet_lite import LiteTrunk
-
-TRUNK_FILE = "backbone.safetensors"  # a model folder's own fine-tuned trunk
+from captioner.vision.trunk_file import TRUNK_FILE
 
 
 def trunk_blocks(trunk: nn.Module) -> list[nn.Module]:
@@ -81,10 +80,3 @@ def write_folder_trunk(folder: Path, backbone: Backbone | None) -> str | None:
         return save_trunk(backbone, folder / TRUNK_FILE)
     (folder / TRUNK_FILE).unlink(missing_ok=True)
     return None
-
-
-def folder_trunk_weights(folder: Path, weights: str) -> str:
-    """``weights``, except that "DEFAULT" means ``folder``'s own fine-tuned trunk if it has
-    one."""
-    own = folder / TRUNK_FILE
-    return str(own) if weights.upper() == "DEFAULT" and own.is_file() else weights
