@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -214,7 +215,7 @@ def _model_label(model: Path, models: list[Path]) -> str:
     return f"ours ({folder.name})"
 
 
-def plot_curve(results: list[dict[str, object]], path: Path) -> None:
+def plot_curve(results: list[dict[str, Any]], path: Path) -> None:
     """PSNR against images/s, one panel per sigma; dots: our models, crosses: the classics."""
     import matplotlib
 
@@ -222,12 +223,12 @@ def plot_curve(results: list[dict[str, object]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in results if r["method"] != "noisy input"]
-    sigmas = sorted({float(str(r["sigma"])) for r in rows})
+    sigmas = sorted({r["sigma"] for r in rows})
     fig, axes = plt.subplots(1, len(sigmas), figsize=(7 * len(sigmas), 5), squeeze=False)
     for ax, sigma in zip(axes[0], sigmas, strict=True):
-        for r in (r for r in rows if float(str(r["sigma"])) == sigma):
-            method, where = str(r["method"]), str(r["set"]).split(" (")[0]
-            x, y = float(str(r["ips"])), float(str(r["psnr"]))
+        for r in (r for r in rows if r["sigma"] == sigma):
+            method, where = r["method"], r["set"].split(" (")[0]
+            x, y = r["ips"], r["psnr"]
             ax.scatter(x, y, marker="o" if method.startswith("ours") else "x")
             ax.annotate(f"{method} · {where}", (x, y), fontsize=7)
         ax.set_xscale("log")
