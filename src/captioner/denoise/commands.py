@@ -46,6 +46,9 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--widths", help="channels per U-Net level (default 24,48,96,192)")
     p.add_argument("--depths", help="conv layers per level (default 2,2,3,4)")
     p.add_argument("--activation", choices=("leaky_relu", "relu"), help="default leaky_relu")
+    p.add_argument(
+        "--gain-init", type=float, help="starting value of each residual conv's gain (default 0)"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu (default) or cuda[:N]")
     p.add_argument(
@@ -122,6 +125,8 @@ def _run_train(args: argparse.Namespace) -> int:
                     raise CaptionerError(f"--{key}: comma-separated integers") from None
         if args.activation:
             config.model["activation"] = args.activation
+        if args.gain_init is not None:
+            config.model["residual_gain"] = args.gain_init
     result = train_denoiser(config, resume=args.resume)
     print(
         f"best epoch {result.best_epoch} (val PSNR {result.best_val_psnr:.2f} dB) after "

@@ -37,6 +37,9 @@ class DenoiserConfig:
     # from 0 (SkipInit): the deepest path of the plain U (about 25 convs, no normalisation)
     # blows up under Adam. Models saved without this key are plain.
     residual: bool = True
+    # The value each residual gain ``a`` starts from (training only: a saved model's gains are
+    # its weights). At 0 a conv's gradient is 0 times its usefulness until its gain moves.
+    residual_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.widths or len(self.widths) != len(self.depths):
@@ -55,6 +58,7 @@ class DenoiserConfig:
             "in_channels": self.in_channels,
             "activation": self.activation,
             "residual": self.residual,
+            "residual_gain": self.residual_gain,
         }
 
     @classmethod
@@ -68,6 +72,7 @@ class DenoiserConfig:
             in_channels=int(data.get("in_channels", 3)),  # type: ignore[call-overload]
             activation=str(data.get("activation", "relu")),
             residual=bool(data.get("residual", False)),
+            residual_gain=float(data.get("residual_gain", 0.0)),  # type: ignore[arg-type]
         )
 
 
@@ -80,15 +85,16 @@ def _activation(name: str, inplace: bool = True) -> nn.Module:
 
 
 class _ResidualConv(nn.Module):
-    """``x + a * conv(act(x))``; ``a`` starts at 0, so the block starts as the identity."""
+    """``x + a * conv(act(x))``; ``a`` starts at ``gain`` (0: the block starts as the
+    identity)."""
 
     scale: nn.Parameter | None
 
-    def __init__(self, channels: int, activation: str) -> None:
+    def __init__(self, channels: int, activation: str, gain: float = 0.0) -> None:
         super().__init__()
         self.act = _activation(activation, inplace=False)  # x is needed for the sum
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.scale = nn.Parameter(torch.zeros(()))
+        self.scale = nn.Parameter(torch.full((), float(gain)))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.scale is None:  # folded into the conv (inference copies)
@@ -104,11 +110,13 @@ class _ResidualConv(nn.Module):
             self.scale = None
 
 
-def _convs(channels: int, count: int, activation: str, residual: bool = False) -> nn.Sequential:
+def _convs(
+    channels: int, count: int, activation: str, residual: bool = False, gain: float = 0.0
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(count):
         if residual:
-            layers.append(_ResidualConv(channels, activation))
+            layers.append(_ResidualConv(channels, activation, gain))
         else:
             layers += [nn.Conv2d(channels, channels, 3, padding=1), _activation(activation)]
     return nn.Sequential(*layers)
@@ -125,20 +133,20 @@ class DenoiserNet(nn.Module):
         self.multiple = 2 ** len(widths)  # pixel unshuffle, then one halving per extra level
         self.head = nn.Sequential(nn.Conv2d(4 * c, widths[0], 3, padding=1), _activation(act))
         self.encoders = nn.ModuleList(
-            _convs(w, d, act, config.residual)
+            _convs(w, d, act, config.residual, config.residual_gain)
             for w, d in zip(widths[:-1], depths[:-1], strict=True)
         )
         self.downs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), _activation(act))
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
-        self.bottom = _convs(widths[-1], depths[-1], act, config.residual)
+        self.bottom = _convs(widths[-1], depths[-1], act, config.residual, config.residual_gain)
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(b, 4 * a, 1), nn.PixelShuffle(2))
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.decoders = nn.ModuleList(
-            _convs(w, d, act, config.residual)
+            _convs(w, d, act, config.residual, config.residual_gain)
             for w, d in zip(widths[:-1], depths[:-1], strict=True)
         )
         self.tail = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
