@@ -46,6 +46,18 @@ def test_models_saved_before_these_settings_are_plain_relu_models() -> None:
         DenoiserConfig(activation="gelu")
 
 
+def test_residual_gains_start_from_the_configured_value() -> None:
+    def gains(config: DenoiserConfig) -> set[float]:
+        net = DenoiserNet(config)
+        return {round(float(p), 6) for n, p in net.named_parameters() if n.endswith(".scale")}
+
+    assert gains(TINY) == {0.0}
+    assert gains(DenoiserConfig(widths=(8, 16), depths=(1, 2), residual_gain=0.1)) == {0.1}
+    saved = DenoiserConfig(widths=(8, 16), depths=(1, 2)).to_dict()
+    del saved["residual_gain"]  # saved before the setting existed
+    assert DenoiserConfig.from_dict(saved).residual_gain == 0.0
+
+
 def test_inference_copy_folds_the_scales_and_computes_the_same_function() -> None:
     torch.manual_seed(0)
     net = DenoiserNet(TINY).eval()
@@ -105,7 +117,7 @@ def test_overfits_one_noisy_pair() -> None:
 
 
 def test_config_round_trip_and_bad_sizes() -> None:
-    config = DenoiserConfig(widths=(8, 16, 32), depths=(1, 2, 3))
+    config = DenoiserConfig(widths=(8, 16, 32), depths=(1, 2, 3), residual_gain=0.1)
     assert DenoiserConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError):
         DenoiserConfig(widths=(8, 16), depths=(1,))
