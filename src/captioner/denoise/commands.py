@@ -27,6 +27,9 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--patience", type=int, help="epochs without a better val PSNR before stopping")
     p.add_argument("--val-images", type=int, help="held-out pictures scored after each epoch")
     p.add_argument("--max-images", type=int, help="use at most N training pictures")
+    p.add_argument(
+        "--gain-lr-factor", type=float, help="rate of the residual gains / the others' (1)"
+    )
     p.add_argument("--warmup-steps", type=int, help="linear warm-up before the cosine decay")
     p.add_argument(
         "--ema-decay", type=float, help="average of the weights that is saved (0.999; 0: none)"

@@ -135,7 +135,9 @@ class DenoiserTask:
             else self.net
         )
         self.optimizer = torch.optim.Adam(
-            self.net.parameters(), lr=config.learning_rate, betas=(0.9, config.adam_beta2)
+            _parameter_groups(self.net, config.learning_rate, config.gain_lr_factor),
+            lr=config.learning_rate,
+            betas=(0.9, config.adam_beta2),
         )
         total = config.epochs * config.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -214,6 +216,16 @@ class DenoiserTask:
             "seconds": seconds,
             "val": {k: v for k, v in best.items() if k.startswith("val")},
         }
+
+
+def _parameter_groups(net: DenoiserNet, lr: float, gain_factor: float) -> list[dict[str, Any]]:
+    """The residual gains in a group of their own when their rate differs; otherwise one group,
+    the optimizer layout of runs saved before ``gain_lr_factor`` (they resume)."""
+    gains = [p for n, p in net.named_parameters() if n.endswith(".scale")]
+    others = [p for n, p in net.named_parameters() if not n.endswith(".scale")]
+    if not gains or gain_factor == 1.0:
+        return [{"params": list(net.parameters())}]
+    return [{"params": others}, {"params": gains, "lr": lr * gain_factor}]
 
 
 def _averaged(net: DenoiserNet, decay: float) -> AveragedModel | None:
