@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from captioner.cli import main
 from captioner.denoise import load_denoiser
 from captioner.denoise.data import split_of
-from captioner.training.denoiser import train_denoiser
+from captioner.errors import CaptionerError
+from captioner.training.denoiser import DenoiserTask, train_denoiser
 from captioner.training.denoiser_config import DenoiseTrainConfig, resume_config
 
 SMALL = ["--widths", "8,16", "--depths", "1,1", "--batch-size", "4", "--patch-size", "32"]
@@ -73,13 +74,14 @@ def _tiny_config(images: Path, out: Path, **changes: object) -> DenoiseTrainConf
     return config
 
 
-@pytest.mark.parametrize("ema_decay", [0.9, 0.0])
+@pytest.mark.parametrize(("ema_decay", "gain_lr_factor"), [(0.9, 1.0), (0.0, 10.0)])
 def test_resume_after_a_kill_gives_the_uninterrupted_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float, gain_lr_factor: float
 ) -> None:
     images = tmp_path / "images"
     write_images(images, 60)
-    whole = train_denoiser(_tiny_config(images, tmp_path / "whole", ema_decay=ema_decay))
+    settings = {"ema_decay": ema_decay, "gain_lr_factor": gain_lr_factor}
+    whole = train_denoiser(_tiny_config(images, tmp_path / "whole", **settings))
     assert whole.epochs_run == 3
 
     import captioner.training.denoiser as train_module
@@ -95,7 +97,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(
 
     monkeypatch.setattr(train_module, "score_denoiser", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train_denoiser(_tiny_config(images, tmp_path / "killed", ema_decay=ema_decay))
+        train_denoiser(_tiny_config(images, tmp_path / "killed", **settings))
     monkeypatch.setattr(train_module, "score_denoiser", real_evaluate)
     resumed = train_denoiser(resume_config(tmp_path / "killed", progress=False), resume=True)
     assert resumed.epochs_run == 3
@@ -109,6 +111,22 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(
         state = load_file(str(tmp_path / "killed" / "checkpoint" / "state.safetensors"))
         last = {k[len("model.net.") :]: v for k, v in state.items() if k.startswith("model.net.")}
         assert any(not torch.equal(last[k], a[k]) for k in a)
+
+
+def test_residual_gains_train_at_their_own_rate(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    write_images(images, 60)
+    task = DenoiserTask(_tiny_config(images, tmp_path / "r", gain_lr_factor=10.0))
+    rest, gains = task.optimizer.param_groups
+    assert gains["params"] and all(p.ndim == 0 for p in gains["params"])  # the scalar gains
+    assert not any(p.ndim == 0 for p in rest["params"])
+    for _ in range(3):  # the schedule keeps the ratio
+        task.scheduler.step()
+        assert gains["lr"] == pytest.approx(10.0 * rest["lr"])
+    same = DenoiserTask(_tiny_config(images, tmp_path / "s"))
+    assert len(same.optimizer.param_groups) == 1  # the layout of earlier runs' checkpoints
+    with pytest.raises(CaptionerError, match="gain-lr-factor"):
+        _tiny_config(images, tmp_path / "bad", gain_lr_factor=0.0).check()
 
 
 def test_runs_saved_before_the_average_resume_without_one(tmp_path: Path) -> None:
