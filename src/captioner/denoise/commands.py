@@ -27,6 +27,7 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--patience", type=int, help="epochs without a better val PSNR before stopping")
     p.add_argument("--val-images", type=int, help="held-out pictures scored after each epoch")
     p.add_argument("--max-images", type=int, help="use at most N training pictures")
+    p.add_argument("--adam-eps", type=float, help="Adam's epsilon (1e-8)")
     p.add_argument(
         "--gain-lr-factor", type=float, help="rate of the residual gains / the others' (1)"
     )

@@ -138,6 +138,7 @@ class DenoiserTask:
             _parameter_groups(self.net, config.learning_rate, config.gain_lr_factor),
             lr=config.learning_rate,
             betas=(0.9, config.adam_beta2),
+            eps=config.adam_eps,
         )
         total = config.epochs * config.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -26,6 +26,7 @@ class DenoiseTrainConfig:
     patch_size: int = 96
     learning_rate: float = 3e-3
     adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
     # Adam's rate for the residual gains is this times the rate of the other weights: a
     # branch ``a * conv`` changes its function at about ``a`` times the rate under Adam, so
     # gains that sit near 0 leave their convs almost frozen.
@@ -63,6 +64,8 @@ class DenoiseTrainConfig:
                 raise CaptionerError(f"{name} must be at least 1")
         if self.precision not in PRECISIONS:
             raise CaptionerError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.adam_eps <= 0:
+            raise CaptionerError("--adam-eps must be positive")
         if self.gain_lr_factor <= 0:
             raise CaptionerError("--gain-lr-factor must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
