@@ -113,7 +113,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(
         assert any(not torch.equal(last[k], a[k]) for k in a)
 
 
-def test_residual_gains_train_at_their_own_rate(tmp_path: Path) -> None:
+def test_residual_gains_train_at_their_own_rate_and_adam_takes_its_epsilon(tmp_path: Path) -> None:
     images = tmp_path / "images"
     write_images(images, 60)
     task = DenoiserTask(_tiny_config(images, tmp_path / "r", gain_lr_factor=10.0))
@@ -123,8 +123,9 @@ def test_residual_gains_train_at_their_own_rate(tmp_path: Path) -> None:
     for _ in range(3):  # the schedule keeps the ratio
         task.scheduler.step()
         assert gains["lr"] == pytest.approx(10.0 * rest["lr"])
-    same = DenoiserTask(_tiny_config(images, tmp_path / "s"))
+    same = DenoiserTask(_tiny_config(images, tmp_path / "s", adam_eps=1e-12))
     assert len(same.optimizer.param_groups) == 1  # the layout of earlier runs' checkpoints
+    assert same.optimizer.param_groups[0]["eps"] == 1e-12
     with pytest.raises(CaptionerError, match="gain-lr-factor"):
         _tiny_config(images, tmp_path / "bad", gain_lr_factor=0.0).check()
 
