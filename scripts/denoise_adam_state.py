@@ -17,6 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from captioner.denoise.model import DenoiserConfig, DenoiserNet
+from captioner.training.denoiser import parameter_groups
 
 
 def main() -> None:
@@ -27,12 +28,11 @@ def main() -> None:
     meta = json.loads((args.run / "checkpoint" / "state.json").read_text())
     state = load_file(str(args.run / "checkpoint" / "state.safetensors"))
     net = DenoiserNet(DenoiserConfig.from_dict(train_config["model"]))
-    names = [name for name, _ in net.named_parameters()]
+    name_of = {id(p): name for name, p in net.named_parameters()}
+    # the optimizer's state is numbered in the order of the training's parameter groups
+    factor = float(train_config.get("gain_lr_factor", 1.0))
+    names = [name_of[id(p)] for g in parameter_groups(net, 1.0, factor) for p in g["params"]]
     groups = meta["optimizer_param_groups"]
-    if len(groups) == 2:  # the gains in a group of their own, after the other weights
-        names = [n for n in names if not n.endswith(".scale")] + [
-            n for n in names if n.endswith(".scale")
-        ]
     beta1, beta2 = groups[0]["betas"]
     eps = groups[0]["eps"]
     print(f"{'parameter':30s} {'rms grad':>9s} {'step/lr':>8s} {'eps share':>9s}")

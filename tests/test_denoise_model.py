@@ -69,6 +69,7 @@ def test_inference_copy_folds_the_scales_and_computes_the_same_function() -> Non
     fast = net.for_inference()
     assert not any(name.endswith(".scale") for name in fast.state_dict())
     assert any(name.endswith(".scale") for name in net.state_dict())  # the original is kept
+    assert fast.residual_gains() == [] and len(net.residual_gains()) == sum(TINY.depths) * 2 - 1
     x = torch.rand(2, 3, 40, 56)
     with torch.no_grad():
         expected, got = net(x), fast(x.contiguous(memory_format=torch.channels_last))

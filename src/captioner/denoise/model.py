@@ -38,7 +38,7 @@ class DenoiserConfig:
     # blows up under Adam. Models saved without this key are plain.
     residual: bool = True
     # The value each residual gain ``a`` starts from (training only: a saved model's gains are
-    # its weights). At 0 a conv's gradient is 0 times its usefulness until its gain moves.
+    # its weights). 0.1 trains along the same curve as 0 (docs/RESULTS.md, the plateau probes).
     residual_gain: float = 0.0
 
     def __post_init__(self) -> None:
@@ -191,6 +191,13 @@ class DenoiserNet(nn.Module):
             if isinstance(module, _ResidualConv):
                 module.fold_scale()
         return net.to(memory_format=torch.channels_last)
+
+    def residual_gains(self) -> list[nn.Parameter]:
+        """The learned scalar gain of every residual conv, in parameter order (none when the
+        network is plain or folded)."""
+        return [
+            m.scale for m in self.modules() if isinstance(m, _ResidualConv) and m.scale is not None
+        ]
 
     @torch.no_grad()
     def inactive_channels(self, noisy: Tensor, batch: int = 8) -> dict[str, float]:

@@ -135,7 +135,7 @@ class DenoiserTask:
             else self.net
         )
         self.optimizer = torch.optim.Adam(
-            _parameter_groups(self.net, config.learning_rate, config.gain_lr_factor),
+            parameter_groups(self.net, config.learning_rate, config.gain_lr_factor),
             lr=config.learning_rate,
             betas=(0.9, config.adam_beta2),
             eps=config.adam_eps,
@@ -219,13 +219,15 @@ class DenoiserTask:
         }
 
 
-def _parameter_groups(net: DenoiserNet, lr: float, gain_factor: float) -> list[dict[str, Any]]:
-    """The residual gains in a group of their own when their rate differs; otherwise one group,
-    the optimizer layout of runs saved before ``gain_lr_factor`` (they resume)."""
-    gains = [p for n, p in net.named_parameters() if n.endswith(".scale")]
-    others = [p for n, p in net.named_parameters() if not n.endswith(".scale")]
-    if not gains or gain_factor == 1.0:
+def parameter_groups(net: DenoiserNet, lr: float, gain_factor: float) -> list[dict[str, Any]]:
+    """Adam's parameter groups: the residual gains in a group of their own when their rate
+    differs; otherwise one group, the optimizer layout of runs saved before ``gain_lr_factor``
+    (they resume)."""
+    gains = net.residual_gains() if gain_factor != 1.0 else []
+    if not gains:
         return [{"params": list(net.parameters())}]
+    gain_ids = {id(p) for p in gains}
+    others = [p for p in net.parameters() if id(p) not in gain_ids]
     return [{"params": others}, {"params": gains, "lr": lr * gain_factor}]
 
 

@@ -27,9 +27,8 @@ class DenoiseTrainConfig:
     learning_rate: float = 3e-3
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
-    # Adam's rate for the residual gains is this times the rate of the other weights: a
-    # branch ``a * conv`` changes its function at about ``a`` times the rate under Adam, so
-    # gains that sit near 0 leave their convs almost frozen.
+    # Adam's rate for the residual gains is this times the rate of the other weights
+    # (an experiment knob: 0.01 and 10 train along the default's curve, docs/RESULTS.md).
     gain_lr_factor: float = 1.0
     warmup_steps: int = 100
     min_lr_fraction: float = 0.02
