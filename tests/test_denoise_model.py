@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from PIL import Image
 
 from captioner.denoise.denoiser import Denoiser
 from captioner.denoise.metrics import psnr, ssim
-from captioner.denoise.model import DenoiserConfig, DenoiserNet
+from captioner.denoise.model import DenoiserConfig, DenoiserNet, PixelLayerNorm
+
+NORMED = dataclasses.replace(TINY, norm="layer")
 
 
 @pytest.mark.parametrize("size", [(1, 1), (3, 5), (17, 33), (64, 48), (101, 7)])
@@ -58,9 +62,12 @@ def test_residual_gains_start_from_the_configured_value() -> None:
     assert DenoiserConfig.from_dict(saved).residual_gain == 0.0
 
 
-def test_inference_copy_folds_the_scales_and_computes_the_same_function() -> None:
+@pytest.mark.parametrize("config", [TINY, NORMED], ids=["plain", "layer-norm"])
+def test_inference_copy_folds_the_scales_and_computes_the_same_function(
+    config: DenoiserConfig,
+) -> None:
     torch.manual_seed(0)
-    net = DenoiserNet(TINY).eval()
+    net = DenoiserNet(config).eval()
     with torch.no_grad():
         for name, p in net.named_parameters():
             if name.endswith(".scale"):
@@ -78,9 +85,10 @@ def test_inference_copy_folds_the_scales_and_computes_the_same_function() -> Non
     assert torch.allclose(Denoiser(net, "x").denoise_tensor(x), expected.clamp(0, 1), atol=1e-5)
 
 
-def test_tiles_give_the_whole_image_result() -> None:
+@pytest.mark.parametrize("config", [TINY, NORMED], ids=["plain", "layer-norm"])
+def test_tiles_give_the_whole_image_result(config: DenoiserConfig) -> None:
     torch.manual_seed(0)
-    net = DenoiserNet(TINY)
+    net = DenoiserNet(config)
     with torch.no_grad():
         net.tail.weight.normal_(0.0, 0.05)
     picture = Image.fromarray(noisy_copy(smooth_picture(150, 170), 25))
@@ -115,6 +123,42 @@ def test_overfits_one_noisy_pair() -> None:
         with torch.no_grad():
             history.append(float(psnr(net(noisy).clamp(0, 1), clean)))
     assert max(history[-10:]) > before + 6.0, (before, history[-10:])
+
+
+def test_layer_norm_normalises_each_pixel_over_its_channels() -> None:
+    torch.manual_seed(0)
+    norm = PixelLayerNorm(5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 6.0))
+        norm.bias.fill_(0.5)
+    x = torch.randn(2, 5, 3, 4) * 3 + 1
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-6) * norm.weight.view(1, 5, 1, 1) + 0.5
+    assert torch.allclose(norm(x), expected, atol=1e-5)
+    last = x.contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(norm(last), expected, atol=1e-5)
+    # one pixel's result depends on that pixel only (what keeps tiles exact)
+    changed = x.clone()
+    changed[:, :, 0, 0] += 10
+    assert torch.equal(norm(changed)[:, :, 1:], norm(x)[:, :, 1:])
+
+
+def test_norm_setting_round_trips_and_old_models_have_none() -> None:
+    assert DenoiserConfig.from_dict(NORMED.to_dict()) == NORMED
+    saved = TINY.to_dict()
+    del saved["norm"]  # saved before the setting existed
+    assert DenoiserConfig.from_dict(saved).norm == "none"
+    plain = DenoiserNet(TINY)
+    assert not any(isinstance(m, PixelLayerNorm) for m in plain.modules())
+    normed = DenoiserNet(NORMED)
+    assert sum(isinstance(m, PixelLayerNorm) for m in normed.modules()) == len(
+        normed.residual_gains()
+    )
+    with pytest.raises(ValueError, match="unknown norm"):
+        DenoiserConfig(norm="batch")
+    with pytest.raises(ValueError, match="needs residual"):
+        DenoiserConfig(norm="layer", residual=False)
 
 
 def test_config_round_trip_and_bad_sizes() -> None:

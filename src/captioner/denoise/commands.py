@@ -53,6 +53,12 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument(
         "--gain-init", type=float, help="starting value of each residual conv's gain (default 0)"
     )
+    p.add_argument(
+        "--norm",
+        choices=("none", "layer"),
+        help="normalisation inside each residual branch (default none; layer: per-pixel "
+        "layer norm over the channels)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu (default) or cuda[:N]")
     p.add_argument(
@@ -131,6 +137,8 @@ def _run_train(args: argparse.Namespace) -> int:
             config.model["activation"] = args.activation
         if args.gain_init is not None:
             config.model["residual_gain"] = args.gain_init
+        if args.norm:
+            config.model["norm"] = args.norm
     result = train_denoiser(config, resume=args.resume)
     print(
         f"best epoch {result.best_epoch} (val PSNR {result.best_val_psnr:.2f} dB) after "

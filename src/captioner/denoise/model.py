@@ -40,6 +40,10 @@ class DenoiserConfig:
     # The value each residual gain ``a`` starts from (training only: a saved model's gains are
     # its weights). 0.1 trains along the same curve as 0 (docs/RESULTS.md, the plateau probes).
     residual_gain: float = 0.0
+    # "layer": each residual branch starts with a layer norm over the channels of each pixel
+    # (NAFNet-style; per pixel, so a tile still gives the same result as the whole image).
+    # "none": the branches are ``conv(act(x))``. Models saved without this key have none.
+    norm: str = "none"
 
     def __post_init__(self) -> None:
         if not self.widths or len(self.widths) != len(self.depths):
@@ -50,6 +54,10 @@ class DenoiserConfig:
             raise ValueError(
                 f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
+        if self.norm != "none" and not self.residual:
+            raise ValueError("norm needs residual branches (residual=True)")
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -59,6 +67,7 @@ class DenoiserConfig:
             "activation": self.activation,
             "residual": self.residual,
             "residual_gain": self.residual_gain,
+            "norm": self.norm,
         }
 
     @classmethod
@@ -73,33 +82,55 @@ class DenoiserConfig:
             activation=str(data.get("activation", "relu")),
             residual=bool(data.get("residual", False)),
             residual_gain=float(data.get("residual_gain", 0.0)),  # type: ignore[arg-type]
+            norm=str(data.get("norm", "none")),
         )
 
 
 LEAKY_SLOPE = 0.1
 ACTIVATIONS = ("leaky_relu", "relu")
+NORMS = ("none", "layer")
 
 
 def _activation(name: str, inplace: bool = True) -> nn.Module:
     return nn.LeakyReLU(LEAKY_SLOPE, inplace) if name == "leaky_relu" else nn.ReLU(inplace)
 
 
+class PixelLayerNorm(nn.Module):
+    """Layer norm over the channels of each pixel of a [B, C, H, W] map (with a learned
+    per-channel scale and shift)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        moved = x.permute(0, 2, 3, 1)  # channels last: a view when x is channels-last
+        normed = F.layer_norm(moved, moved.shape[-1:], self.weight, self.bias, self.eps)
+        return normed.permute(0, 3, 1, 2)
+
+
 class _ResidualConv(nn.Module):
-    """``x + a * conv(act(x))``; ``a`` starts at ``gain`` (0: the block starts as the
-    identity)."""
+    """``x + a * conv(act(norm(x)))``; ``a`` starts at ``gain`` (0: the block starts as the
+    identity); ``norm`` is a :class:`PixelLayerNorm` or nothing."""
 
     scale: nn.Parameter | None
 
-    def __init__(self, channels: int, activation: str, gain: float = 0.0) -> None:
+    def __init__(
+        self, channels: int, activation: str, gain: float = 0.0, norm: str = "none"
+    ) -> None:
         super().__init__()
+        self.norm: nn.Module = PixelLayerNorm(channels) if norm == "layer" else nn.Identity()
         self.act = _activation(activation, inplace=False)  # x is needed for the sum
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.scale = nn.Parameter(torch.full((), float(gain)))
 
     def forward(self, x: Tensor) -> Tensor:
+        branch = self.conv(self.act(self.norm(x)))
         if self.scale is None:  # folded into the conv (inference copies)
-            return x + self.conv(self.act(x))
-        return x + self.scale * self.conv(self.act(x))
+            return x + branch
+        return x + self.scale * branch
 
     @torch.no_grad()
     def fold_scale(self) -> None:
@@ -110,13 +141,12 @@ class _ResidualConv(nn.Module):
             self.scale = None
 
 
-def _convs(
-    channels: int, count: int, activation: str, residual: bool = False, gain: float = 0.0
-) -> nn.Sequential:
+def _convs(channels: int, count: int, config: DenoiserConfig) -> nn.Sequential:
+    activation = config.activation
     layers: list[nn.Module] = []
     for _ in range(count):
-        if residual:
-            layers.append(_ResidualConv(channels, activation, gain))
+        if config.residual:
+            layers.append(_ResidualConv(channels, activation, config.residual_gain, config.norm))
         else:
             layers += [nn.Conv2d(channels, channels, 3, padding=1), _activation(activation)]
     return nn.Sequential(*layers)
@@ -133,21 +163,19 @@ class DenoiserNet(nn.Module):
         self.multiple = 2 ** len(widths)  # pixel unshuffle, then one halving per extra level
         self.head = nn.Sequential(nn.Conv2d(4 * c, widths[0], 3, padding=1), _activation(act))
         self.encoders = nn.ModuleList(
-            _convs(w, d, act, config.residual, config.residual_gain)
-            for w, d in zip(widths[:-1], depths[:-1], strict=True)
+            _convs(w, d, config) for w, d in zip(widths[:-1], depths[:-1], strict=True)
         )
         self.downs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), _activation(act))
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
-        self.bottom = _convs(widths[-1], depths[-1], act, config.residual, config.residual_gain)
+        self.bottom = _convs(widths[-1], depths[-1], config)
         self.ups = nn.ModuleList(
             nn.Sequential(nn.Conv2d(b, 4 * a, 1), nn.PixelShuffle(2))
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.decoders = nn.ModuleList(
-            _convs(w, d, act, config.residual, config.residual_gain)
-            for w, d in zip(widths[:-1], depths[:-1], strict=True)
+            _convs(w, d, config) for w, d in zip(widths[:-1], depths[:-1], strict=True)
         )
         self.tail = nn.Conv2d(widths[0], 4 * c, 3, padding=1)
         # A linear path from the input to the noise estimate: a learned high-pass filter.

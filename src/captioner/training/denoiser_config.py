@@ -42,7 +42,7 @@ class DenoiseTrainConfig:
     noise: str = "gaussian=0.65,jpeg=0.1,salt_pepper=0.1,speckle=0.1,none=0.05"
     sigma_min: float = 5.0
     sigma_max: float = 55.0
-    model: dict[str, int] = field(default_factory=lambda: DenoiserConfig().to_dict())
+    model: dict[str, object] = field(default_factory=lambda: DenoiserConfig().to_dict())
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest on a busy machine
