@@ -206,6 +206,7 @@ def test_image_batches_keep_each_images_captions_together_under_one_view() -> No
     assert list(again) == batches  # resumed runs draw the same
     again.set_epoch(2)
     assert list(again) != batches
+    assert len(again) == len(list(again))  # the length is that of the epoch's own draw
     # the collated batch maps each caption to its own image's map
     caches = [_FakeCache(view) for view in range(4)]
     data = SplitData(rows, [[1, 5 + i, 2] for i in range(len(rows))], [])

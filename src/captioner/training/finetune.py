@@ -125,11 +125,18 @@ class ImageBatches(Sampler[list[PairKey]]):
         self.groups = list(groups.values())
         self.batch_size, self.views, self.seed, self.shuffle = batch_size, views, seed, shuffle
         self.epoch = 0
+        self._drawn: tuple[int, list[list[PairKey]]] | None = None  # (epoch, its batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _batches(self) -> list[list[PairKey]]:
+        """This epoch's batches, drawn once (``len()`` and iteration share them)."""
+        if self._drawn is None or self._drawn[0] != self.epoch:
+            self._drawn = (self.epoch, self._draw())
+        return self._drawn[1]
+
+    def _draw(self) -> list[list[PairKey]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.groups)) if self.shuffle else range(len(self.groups))
         drawn = rng.integers(0, self.views + 1, size=len(self.groups)) if self.views else None
