@@ -2,8 +2,9 @@
 
 The picture is folded into a half-resolution grid (pixel unshuffle, 3 -> 12 channels) and read
 by a U-Net of plain 3x3 convolutions: each level halves the resolution and doubles the
-channels, and the decoder adds the encoder's features back (skip connections). There are no
-normalisation layers, so a tile gives the same result as the whole image. The network predicts
+channels, and the decoder adds the encoder's features back (skip connections). There is no
+normalisation over space (at most a layer norm over each pixel's channels, ``norm="layer"``),
+so a tile gives the same result as the whole image. The network predicts
 the noise, plus a linear 3x3 filter of the input (a learned high-pass that trains in a few
 steps); the clean estimate is ``noisy - noise`` (residual learning, as in DnCNN). Any height and
 width work: the input is reflect-padded to a multiple of :attr:`DenoiserNet.multiple` and
