@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from denoise_tiny import one_thread, write_images  # noqa: F401
 from safetensors.torch import load_file
 
@@ -74,13 +75,24 @@ def _tiny_config(images: Path, out: Path, **changes: object) -> DenoiseTrainConf
     return config
 
 
-@pytest.mark.parametrize(("ema_decay", "gain_lr_factor"), [(0.9, 1.0), (0.0, 10.0)])
+@pytest.mark.parametrize(
+    ("ema_decay", "gain_lr_factor", "deep_supervision"),
+    [(0.9, 1.0, 0.0), (0.0, 10.0, 0.0), (0.0, 1.0, 0.5)],
+)
 def test_resume_after_a_kill_gives_the_uninterrupted_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float, gain_lr_factor: float
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ema_decay: float,
+    gain_lr_factor: float,
+    deep_supervision: float,
 ) -> None:
     images = tmp_path / "images"
     write_images(images, 60)
-    settings = {"ema_decay": ema_decay, "gain_lr_factor": gain_lr_factor}
+    settings = {
+        "ema_decay": ema_decay,
+        "gain_lr_factor": gain_lr_factor,
+        "deep_supervision": deep_supervision,
+    }
     whole = train_denoiser(_tiny_config(images, tmp_path / "whole", **settings))
     assert whole.epochs_run == 3
 
@@ -107,6 +119,11 @@ def test_resume_after_a_kill_gives_the_uninterrupted_model(
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if deep_supervision:  # the heads train and are kept in the state, not in the model
+        state = load_file(str(tmp_path / "killed" / "checkpoint" / "state.safetensors"))
+        heads = [v for k, v in state.items() if k.startswith("model.heads.")]
+        assert heads and any(v.abs().sum() > 0 for v in heads)
+        assert not any("heads" in k for k in a)
     if ema_decay:  # the saved model is the average, not the last step's weights
         state = load_file(str(tmp_path / "killed" / "checkpoint" / "state.safetensors"))
         last = {k[len("model.net.") :]: v for k, v in state.items() if k.startswith("model.net.")}
@@ -141,3 +158,29 @@ def test_runs_saved_before_the_average_resume_without_one(tmp_path: Path) -> Non
     (out / "train_config.json").write_text(json.dumps(saved))
     resumed = train_denoiser(resume_config(out, epochs=2, progress=False), resume=True)
     assert resumed.epochs_run == 2
+
+
+def test_deep_supervision_scores_each_level_against_the_pooled_clean_picture() -> None:
+    from captioner.denoise.model import DenoiserConfig, DenoiserNet
+    from captioner.training.deep_supervision import LevelHeads
+
+    torch.manual_seed(0)
+    net = DenoiserNet(DenoiserConfig(widths=(8, 16, 32), depths=(1, 1, 1)))
+    heads = LevelHeads(net)
+    clean = torch.rand(2, 3, 32, 32)
+    noisy = clean + 0.1 * torch.randn_like(clean)
+    _, levels = net.forward_levels(noisy)
+    assert [f.shape[1:] for f in levels] == [(16, 8, 8), (32, 4, 4)]
+    pooled = [(F.avg_pool2d(noisy, s), F.avg_pool2d(clean, s)) for s in (4, 8)]
+    untrained = sum(F.l1_loss(n, c) for n, c in pooled) / 2
+    assert float(heads.loss(levels, noisy, clean)) == pytest.approx(float(untrained))
+    # heads that read each level's exact pooled noise leave no loss
+    exact = []
+    for head, features, (n, c) in zip(heads.heads, levels, pooled, strict=True):
+        with torch.no_grad():
+            head.weight.zero_()
+            head.weight[:, :3, 0, 0] = torch.eye(3)
+        exact.append(torch.cat([n - c, features[:, 3:]], dim=1))
+    assert float(heads.loss(exact, noisy, clean)) < 1e-6
+    with pytest.raises(ValueError, match="multiples"):
+        net.forward_levels(noisy[..., :30, :30])

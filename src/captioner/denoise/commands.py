@@ -33,6 +33,11 @@ def add_denoise_parser(sub: Any) -> None:
     )
     p.add_argument("--warmup-steps", type=int, help="linear warm-up before the cosine decay")
     p.add_argument(
+        "--deep-supervision",
+        type=float,
+        help="weight of auxiliary L1 losses on the lower levels' outputs (default 0: none)",
+    )
+    p.add_argument(
         "--ema-decay", type=float, help="average of the weights that is saved (0.999; 0: none)"
     )
     p.add_argument(

@@ -198,6 +198,20 @@ class DenoiserNet(nn.Module):
         if pad_h or pad_w:
             mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        estimate, _ = self._run(x)
+        return estimate[..., :height, :width]
+
+    def forward_levels(self, noisy: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The estimate and, from the second level down, each level's decoder output
+        (the bottom's last): ``[B, widths[k], H / 2^(k+1), W / 2^(k+1)]`` for level k. For
+        training with auxiliary losses; height and width must be multiples of
+        :attr:`multiple` (training crops are)."""
+        height, width = noisy.shape[-2:]
+        if height % self.multiple or width % self.multiple:
+            raise ValueError(f"forward_levels needs sizes that are multiples of {self.multiple}")
+        return self._run(noisy)
+
+    def _run(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         folded = F.pixel_unshuffle(x, 2)
         h = self.head(folded)
         skips = []
@@ -206,10 +220,13 @@ class DenoiserNet(nn.Module):
             skips.append(h)
             h = down(h)
         h = self.bottom(h)
+        levels = [h]
         for i in reversed(range(len(self.ups))):
             h = self.decoders[i](self.ups[i](h) + skips[i])
+            if i:
+                levels.insert(0, h)
         noise = F.pixel_shuffle(self.tail(h) + self.linear(folded), 2)
-        return noisy - noise[..., :height, :width]
+        return x - noise, levels
 
     def for_inference(self) -> DenoiserNet:
         """A copy in eval mode with every residual scale folded into its conv and the weights

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from captioner.errors import CaptionerError
 from captioner.fileio import atomic_write_json
 from captioner.runlog import say
 from captioner.training.checkpoint import has_training_state
+from captioner.training.deep_supervision import LevelHeads
 from captioner.training.denoiser_config import MAY_CHANGE, DenoiseTrainConfig
 from captioner.training.loop import EpochTools, LoopResult, LoopSettings, check_start, fit
 
@@ -128,14 +130,20 @@ class DenoiserTask:
         self.net = DenoiserNet(DenoiserConfig.from_dict(config.model)).to(self.device)
         self.ema = _averaged(self.net, config.ema_decay)
         self.scored = self.ema.module if self.ema is not None else self.net  # evaluated, saved
-        # the training state holds the average too; without one it keeps its old layout
+        self.heads = LevelHeads(self.net).to(self.device) if config.deep_supervision else None
+        # the training state holds the average and the heads too; without them it keeps the
+        # layout of older runs
+        parts = {"net": self.net, "ema": self.ema, "heads": self.heads}
         self.model: torch.nn.Module = (
-            torch.nn.ModuleDict({"net": self.net, "ema": self.ema})
-            if self.ema is not None
+            torch.nn.ModuleDict({k: v for k, v in parts.items() if v is not None})
+            if self.ema is not None or self.heads is not None
             else self.net
         )
+        groups = parameter_groups(self.net, config.learning_rate, config.gain_lr_factor)
+        if self.heads is not None:
+            groups.append({"params": list(self.heads.parameters())})
         self.optimizer = torch.optim.Adam(
-            parameter_groups(self.net, config.learning_rate, config.gain_lr_factor),
+            groups,
             lr=config.learning_rate,
             betas=(0.9, config.adam_beta2),
             eps=config.adam_eps,
@@ -159,11 +167,18 @@ class DenoiserTask:
             )
             noisy, clean = noisy.to(self.device), clean.to(self.device)
             with tools.precision.autocast():
-                estimate = net(noisy)
+                if self.heads is None:
+                    estimate = net(noisy)
+                else:
+                    estimate, levels = net.forward_levels(noisy)
             loss = F.l1_loss(estimate.float(), clean)
+            if self.heads is not None:
+                with tools.precision.autocast():
+                    auxiliary = self.heads.loss(levels, noisy, clean)
+                loss = loss + config.deep_supervision * auxiliary
             self.optimizer.zero_grad(set_to_none=True)
             tools.precision.backward_and_step(
-                loss, self.optimizer, net.parameters, config.clip_grad_norm
+                loss, self.optimizer, self._trained_parameters, config.clip_grad_norm
             )
             self.scheduler.step()
             if self.ema is not None:
@@ -172,6 +187,11 @@ class DenoiserTask:
             if step % 10 == 0:
                 bar.set_postfix(l1=f"{total / (step + 1):.4f}")
         return {"train_l1": total / config.steps_per_epoch}
+
+    def _trained_parameters(self) -> Iterator[torch.nn.Parameter]:
+        yield from self.net.parameters()
+        if self.heads is not None:
+            yield from self.heads.parameters()
 
     def validate(self, epoch: int, tools: EpochTools) -> dict[str, float]:
         scores = score_denoiser(self.scored, self.val, self.device)
@@ -211,6 +231,7 @@ class DenoiserTask:
             "patch_size": config.patch_size,
             "batch_size": config.batch_size,
             "ema_decay": config.ema_decay,
+            "deep_supervision": config.deep_supervision,
             "steps": epochs_run * config.steps_per_epoch,
             "best_epoch": best["epoch"],
             "epochs_run": epochs_run,

@@ -32,6 +32,9 @@ class DenoiseTrainConfig:
     gain_lr_factor: float = 1.0
     warmup_steps: int = 100
     min_lr_fraction: float = 0.02
+    # weight of the auxiliary L1 losses on the lower levels (training/deep_supervision.py);
+    # 0: none, and the training state keeps the layout of runs saved before the setting
+    deep_supervision: float = 0.0
     clip_grad_norm: float = 1.0
     patience: int = 8
     val_images: int = 32
@@ -65,6 +68,8 @@ class DenoiseTrainConfig:
             raise CaptionerError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.adam_eps <= 0:
             raise CaptionerError("--adam-eps must be positive")
+        if self.deep_supervision < 0:
+            raise CaptionerError("--deep-supervision must be >= 0")
         if self.gain_lr_factor <= 0:
             raise CaptionerError("--gain-lr-factor must be positive")
         if not 0.0 <= self.ema_decay < 1.0:
