@@ -2,9 +2,9 @@
 
 The old recipe (plain ReLU U-Net, Adam 3e-3) lost most of its channels to dead ReLUs and,
 depending on float rounding, stalled 1.4 dB short on real photos. In this short run it reaches
-about 21.4 dB where the default recipe reaches about 26 dB (sigma 25 on real photo crops); the
-floor sits between, far enough from both that neither seed noise nor thread count moves a run
-across it.
+about 21.4 dB where the default recipe reaches about 24.9 dB (26.0 with the earlier default
+rate, 3e-3; sigma 25 on real photo crops); the floor sits between, far enough from both that
+neither seed noise nor thread count moves a run across it.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from doctype_tiny import photo
 from captioner.training.denoiser import train_denoiser
 from captioner.training.denoiser_config import DenoiseTrainConfig
 
-FLOOR_DB = 24.0  # sigma 25 validation PSNR after 180 steps; the noisy input is ~20.3 dB
+FLOOR_DB = 23.5  # sigma 25 validation PSNR after 180 steps; the noisy input is ~20.3 dB
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("photos")
-    for i in range(120):  # crops of scikit-image's real photos; 8 land in the val bucket
+    for i in range(120):  # crops of scikit-image's real photos; 4 land in the val bucket
         photo(i, (128, 128)).save(folder / f"photo_{i:03d}.png")
     return folder
 
