@@ -166,15 +166,16 @@ class DenoiserTask:
                 self.pictures, config.batch_size, config.patch_size, self.mix, self.rng
             )
             noisy, clean = noisy.to(self.device), clean.to(self.device)
+            auxiliary = None
             with tools.precision.autocast():
                 if self.heads is None:
                     estimate = net(noisy)
                 else:
                     estimate, levels = net.forward_levels(noisy)
-            loss = F.l1_loss(estimate.float(), clean)
-            if self.heads is not None:
-                with tools.precision.autocast():
                     auxiliary = self.heads.loss(levels, noisy, clean)
+            loss = F.l1_loss(estimate.float(), clean)
+            total += float(loss.detach())  # the output's L1 only, with or without the heads
+            if auxiliary is not None:
                 loss = loss + config.deep_supervision * auxiliary
             self.optimizer.zero_grad(set_to_none=True)
             tools.precision.backward_and_step(
@@ -183,7 +184,6 @@ class DenoiserTask:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(net)
-            total += float(loss.detach())
             if step % 10 == 0:
                 bar.set_postfix(l1=f"{total / (step + 1):.4f}")
         return {"train_l1": total / config.steps_per_epoch}
