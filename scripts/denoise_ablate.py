@@ -39,8 +39,9 @@ def variants(net: DenoiserNet) -> dict[str, DenoiserNet]:
         blocks = [off.bottom] if level == levels - 1 else [off.encoders[level], off.decoders[level]]
         with torch.no_grad():
             for block in blocks:
-                for gain in DenoiserNet.residual_gains(block):  # type: ignore[arg-type]
-                    gain.zero_()
+                for name, gain in block.named_parameters():
+                    if name.endswith(".scale"):  # the residual gains
+                        gain.zero_()
         out[f"level {level + 1} branches off"] = off
         if level < levels - 1:
             cut = copy.deepcopy(net)
