@@ -20,7 +20,7 @@ from captioner.denoise.corruption import DEFAULT_MIX
 from captioner.denoise.data import list_images, load_pictures, split_images, validation_set
 from captioner.denoise.denoiser import load_denoiser, resolve_denoiser_dir
 from captioner.denoise.metrics import psnr
-from captioner.denoise.model import DenoiserNet
+from captioner.denoise.model import DenoiserNet, residual_gains_of
 from captioner.fileio import load_state
 
 
@@ -39,9 +39,8 @@ def variants(net: DenoiserNet) -> dict[str, DenoiserNet]:
         blocks = [off.bottom] if level == levels - 1 else [off.encoders[level], off.decoders[level]]
         with torch.no_grad():
             for block in blocks:
-                for name, gain in block.named_parameters():
-                    if name.endswith(".scale"):  # the residual gains
-                        gain.zero_()
+                for gain in residual_gains_of(block):
+                    gain.zero_()
         out[f"level {level + 1} branches off"] = off
         if level < levels - 1:
             cut = copy.deepcopy(net)

@@ -142,6 +142,13 @@ class _ResidualConv(nn.Module):
             self.scale = None
 
 
+def residual_gains_of(module: nn.Module) -> list[nn.Parameter]:
+    """The gains of the residual convs inside ``module`` (a network or one of its blocks)."""
+    return [
+        m.scale for m in module.modules() if isinstance(m, _ResidualConv) and m.scale is not None
+    ]
+
+
 def _convs(channels: int, count: int, config: DenoiserConfig) -> nn.Sequential:
     activation = config.activation
     layers: list[nn.Module] = []
@@ -241,9 +248,7 @@ class DenoiserNet(nn.Module):
     def residual_gains(self) -> list[nn.Parameter]:
         """The learned scalar gain of every residual conv, in parameter order (none when the
         network is plain or folded)."""
-        return [
-            m.scale for m in self.modules() if isinstance(m, _ResidualConv) and m.scale is not None
-        ]
+        return residual_gains_of(self)
 
     @torch.no_grad()
     def inactive_channels(self, noisy: Tensor, batch: int = 8) -> dict[str, float]:

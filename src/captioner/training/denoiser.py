@@ -134,11 +134,8 @@ class DenoiserTask:
         # the training state holds the average and the heads too; without them it keeps the
         # layout of older runs
         parts = {"net": self.net, "ema": self.ema, "heads": self.heads}
-        self.model: torch.nn.Module = (
-            torch.nn.ModuleDict({k: v for k, v in parts.items() if v is not None})
-            if self.ema is not None or self.heads is not None
-            else self.net
-        )
+        present = {k: v for k, v in parts.items() if v is not None}
+        self.model: torch.nn.Module = torch.nn.ModuleDict(present) if len(present) > 1 else self.net
         groups = parameter_groups(self.net, config.learning_rate, config.gain_lr_factor)
         if self.heads is not None:
             groups.append({"params": list(self.heads.parameters())})
