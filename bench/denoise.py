@@ -12,7 +12,9 @@ tuned per sigma on a few images of the ``val`` bucket (not the measured ones), s
 compared at their best. Timing: one CPU thread each by default (``--threads``); TV is
 single-threaded numpy anyway. ``--size 224``: every clean photo is first resized to 224 x 224
 (antialiased bilinear, as the pipeline feeds the captioner), the resolution the chain denoises
-at. Needs the ``bench`` extra: ``pip install -e .[bench]``.
+at. ``--self-ensemble 1,2,8``: each model also as the mean of 2 (mirror) or 8 (flips and
+rotations) copies, labelled ``ours x2`` / ``ours x8``. Needs the ``bench`` extra:
+``pip install -e .[bench]``.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ def tv(weight: float) -> Method:
     return run
 
 
-def ours(model: Path) -> Method:
+def ours(model: Path, self_ensemble: int = 1) -> Method:
     """The denoiser as the pipeline runs it (scales folded, channels-last: ``Denoiser``)."""
-    denoiser = load_denoiser(model)
+    denoiser = load_denoiser(model, self_ensemble=self_ensemble)
 
     def run(noisy: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(noisy.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
@@ -154,6 +156,9 @@ def main() -> int:
         "--threads", type=int, default=1, help="CPU threads of torch and OpenCV alike (0: theirs)"
     )
     parser.add_argument("--size", type=int, help="resize the clean photos to SIZE x SIZE first")
+    parser.add_argument(
+        "--self-ensemble", default="1", help="copies averaged per model, e.g. 1,2,8 (default 1)"
+    )
     parser.add_argument("--output", type=Path, help="also write the numbers as JSON")
     parser.add_argument("--plot", type=Path, help="also draw PSNR against images/s (PNG)")
     args = parser.parse_args()
@@ -167,7 +172,12 @@ def main() -> int:
         _resized(_array(f), args.size)
         for f in split_images(list_images(args.images), "val")[: args.tune_count]
     ]
-    models = {_model_label(m, args.model): ours(m) for m in args.model}
+    ensembles = [int(k) for k in args.self_ensemble.split(",")]
+    models = {
+        _model_label(m, args.model) + (f" x{k}" if k != 1 else ""): ours(m, k)
+        for m in args.model
+        for k in ensembles
+    }
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"{cv2.getNumThreads()} OpenCV threads; models {', '.join(map(str, args.model))}"

@@ -80,3 +80,33 @@ def test_cli_single_files_and_clashing_names(tmp_path: Path, inputs: Path) -> No
         apply_denoiser(load_denoiser(model), clash, tmp_path / "o2", progress=False)
     bad = ["denoise", "apply", str(inputs / "broken.png"), "--model", str(model)]
     assert main([*bad, "--out", str(tmp_path / "o3"), "--no-progress"]) == 1
+
+
+def test_cli_self_ensemble_changes_the_output_and_offers_the_denoisers_choices(
+    tmp_path: Path, inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from captioner.denoise.denoiser import SELF_ENSEMBLES
+
+    model = active_denoiser(tmp_path / "dn")
+    outputs = {}
+    for k in (1, 8):
+        out = tmp_path / f"x{k}"
+        args = ["denoise", "apply", str(inputs / "photo.jpg"), "--model", str(model)]
+        assert main([*args, "--out", str(out), "--self-ensemble", str(k), "--no-progress"]) == 0
+        outputs[k] = np.asarray(Image.open(out / "photo.jpg"), dtype=np.int16)
+    assert outputs[1].shape == outputs[8].shape and np.abs(outputs[1] - outputs[8]).max() > 0
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "denoise",
+                "apply",
+                "x.png",
+                "--model",
+                str(model),
+                "--out",
+                "o",
+                "--self-ensemble",
+                "3",
+            ]
+        )
+    assert f"choose from {', '.join(map(str, SELF_ENSEMBLES))}" in capsys.readouterr().err

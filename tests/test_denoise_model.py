@@ -188,3 +188,23 @@ def test_metrics_match_skimage() -> None:
     )
     assert float(ssim(tb, ta)) == pytest.approx(expected, abs=1e-4)
     assert float(psnr(tb, ta)) == pytest.approx(metrics.peak_signal_noise_ratio(a, b), abs=1e-3)
+
+
+def test_self_ensemble_averages_mapped_back_copies_and_is_equivariant() -> None:
+    torch.manual_seed(0)
+    net = DenoiserNet(TINY).eval()
+    with torch.no_grad():
+        net.tail.weight.normal_(0.0, 0.05)
+    x = torch.rand(1, 3, 40, 56)  # not square: the turned copies are 56 x 40
+    single, mirrored, dihedral = (Denoiser(net, "x", self_ensemble=k) for k in (1, 2, 8))
+    once = single.denoise_tensor(x)
+    expected = (once + single.denoise_tensor(x.flip(-1)).flip(-1)) / 2
+    assert torch.allclose(mirrored.denoise_tensor(x), expected, atol=1e-6)
+    assert (mirrored.denoise_tensor(x) - once).abs().max() > 1e-3  # the mirror adds something
+    for transform in (lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.transpose(-2, -1)):
+        assert torch.allclose(
+            dihedral.denoise_tensor(transform(x)), transform(dihedral.denoise_tensor(x)), atol=1e-5
+        )
+    assert not torch.allclose(single.denoise_tensor(x.flip(-2)), once.flip(-2), atol=1e-5)
+    with pytest.raises(ValueError, match="self_ensemble"):
+        Denoiser(net, "x", self_ensemble=3)

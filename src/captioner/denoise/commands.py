@@ -82,6 +82,13 @@ def add_denoise_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (names are kept)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing input files")
     p.add_argument("--tile", type=int, default=512, help="largest tile of one forward pass")
+    p.add_argument(
+        "--self-ensemble",
+        type=int,
+        choices=(1, 2, 8),  # denoiser.SELF_ENSEMBLES, not imported: it would load torch
+        default=1,
+        help="average over 2 (mirror) or 8 (flips and rotations) copies: more PSNR, 2x/8x time",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 
@@ -157,7 +164,9 @@ def _run_apply(args: argparse.Namespace) -> int:
     from captioner.denoise.apply import apply_denoiser
     from captioner.denoise.denoiser import load_denoiser
 
-    denoiser = load_denoiser(args.model, device=args.device, tile=args.tile)
+    denoiser = load_denoiser(
+        args.model, device=args.device, tile=args.tile, self_ensemble=args.self_ensemble
+    )
     report = apply_denoiser(
         denoiser, args.inputs, args.out, overwrite=args.overwrite, progress=not args.no_progress
     )
