@@ -8,6 +8,8 @@
 # BATCHES=captions (the default) draws captions alone, as training on frozen grids does; =images
 # batches whole images (the blocks run once per image; trained worse). BLR sets the blocks'
 # learning rate. Run names: -captions for caption batches (-images runs have no suffix), -blrX.
+# SCST=1 then runs `captioner scst` (8 epochs, patience 3) on features the fine-tuned backbone
+# makes of train and val, and scores that model on test too: -> RUN-scst{,-b3.json}.
 set -euo pipefail
 S=${1:?seed}
 V=${2:-}
@@ -29,7 +31,14 @@ RUN=$N-ft5-s$S${V:+-views}$([ "$B" = images ] || echo "-$B")$([ "$L" = 1e-4 ] ||
 $C train --config configs/ucm.yaml --manifest $O/$N.json --features $O/$N-prefix5 \
   --out $O/$RUN --set select_on=CIDEr ${V:+"views=[$V]"} "fine_tune_batches=$B" --epochs 10 \
   --seed $S --fine-tune-blocks 5 --backbone-lr "$L" --fine-tune-after 2 --no-progress
-$C extract --manifest $O/$N.json --out $O/$RUN-features --model $O/$RUN/model --splits test \
+SPLITS=test
+[ "${SCST:-0}" = 1 ] && SPLITS=train,val,test
+$C extract --manifest $O/$N.json --out $O/$RUN-features --model $O/$RUN/model --splits $SPLITS \
   --no-progress
 $C evaluate --model $O/$RUN/model --manifest $O/$N.json --features $O/$RUN-features \
   --split test --beam-size 3 --output $O/$RUN-b3.json --no-progress
+[ "${SCST:-0}" = 1 ] || exit 0
+$C scst --model $O/$RUN/model --manifest $O/$N.json --features $O/$RUN-features \
+  --out $O/$RUN-scst --epochs 8 --patience 3 --no-progress
+$C evaluate --model $O/$RUN-scst/model --manifest $O/$N.json --features $O/$RUN-features \
+  --split test --beam-size 3 --output $O/$RUN-scst-b3.json --no-progress
