@@ -226,7 +226,7 @@ def _model_label(model: Path, models: list[Path]) -> str:
 
 
 def plot_curve(results: list[dict[str, Any]], path: Path) -> None:
-    """PSNR against images/s, one panel per sigma; dots: our models, crosses: the classics."""
+    """PSNR against images/s, one panel per sigma: a colour per method, a marker per set."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,21 +234,26 @@ def plot_curve(results: list[dict[str, Any]], path: Path) -> None:
 
     rows = [r for r in results if r["method"] != "noisy input"]
     sigmas = sorted({r["sigma"] for r in rows})
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(7 * len(sigmas), 5), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    markers = {name: "os^vD"[i % 5] for i, name in enumerate(sets)}
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(6 * len(sigmas) + 4, 5), squeeze=False)
     for ax, sigma in zip(axes[0], sigmas, strict=True):
         for r in (r for r in rows if r["sigma"] == sigma):
-            method, where = r["method"], r["set"].split(" (")[0]
-            x, y = r["ips"], r["psnr"]
-            ax.scatter(x, y, marker="o" if method.startswith("ours") else "x")
-            ax.annotate(f"{method} · {where}", (x, y), fontsize=7)
+            ax.scatter(r["ips"], r["psnr"], color=colours[r["method"]], marker=markers[r["set"]])
         ax.set_xscale("log")
         ax.set_xlabel("images/s (one thread)")
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(f"sigma {sigma:g}")
         ax.grid(True, alpha=0.3)
+    handles = [
+        plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in methods
+    ] + [plt.Line2D([], [], color="black", marker=markers[n], linestyle="", label=n) for n in sets]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the labels stay inside the picture
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend stays inside the picture
     plt.close(fig)
 
 
