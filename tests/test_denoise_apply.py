@@ -96,17 +96,5 @@ def test_cli_self_ensemble_changes_the_output_and_offers_the_denoisers_choices(
         outputs[k] = np.asarray(Image.open(out / "photo.jpg"), dtype=np.int16)
     assert outputs[1].shape == outputs[8].shape and np.abs(outputs[1] - outputs[8]).max() > 0
     with pytest.raises(SystemExit):
-        main(
-            [
-                "denoise",
-                "apply",
-                "x.png",
-                "--model",
-                str(model),
-                "--out",
-                "o",
-                "--self-ensemble",
-                "3",
-            ]
-        )
+        main([*args, "--out", str(tmp_path / "x3"), "--self-ensemble", "3"])
     assert f"choose from {', '.join(map(str, SELF_ENSEMBLES))}" in capsys.readouterr().err
