@@ -96,6 +96,24 @@ def test_python_api_classifies_new_images(trained: Path) -> None:
     assert "not a photo" in predictions[0].describe()
 
 
+def test_a_smaller_input_size_is_saved_loaded_and_checked(tmp_path: Path) -> None:
+    from captioner.doctype.classifier import check_backbone
+    from captioner.vision.backbones import load_backbone
+
+    write_kinds(tmp_path / "kinds", per_source=4, sources=3)
+    assert _train(tmp_path / "kinds", tmp_path / "run", "--image-size", "96") == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["test"]["clean"]["accuracy"] >= 0.8  # still learns text from photos
+    classifier = DocTypeClassifier.from_pretrained(tmp_path / "run")
+    assert classifier.config.image_size == 96
+    assert classifier.backbone is not None and classifier.backbone.preprocessing.image_size == 96
+    assert [p.kind for p in classifier([text_page(7), photo(8)])] == ["Text", "Photo"]
+    header = json.loads((tmp_path / "run" / "features" / "clean" / "header.json").read_text())
+    assert header["preprocessing"]["image_size"] == 96  # no 224-px cache reused
+    with pytest.raises(CheckpointError, match="96-px"):
+        check_backbone(classifier.config, load_backbone("mobilenet_v2"), tmp_path / "run")
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     write_kinds(tmp_path / "kinds", per_source=4, sources=3)
     common = ["--epochs", "6", "--patience", "6", "--synthetic", "2"]

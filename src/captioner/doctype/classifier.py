@@ -33,7 +33,7 @@ from captioner.fileio import (
     read_json_document,
     verify_sha256,
 )
-from captioner.vision.backbones import Backbone, load_backbone
+from captioner.vision.backbones import Backbone, default_image_size, load_backbone
 from captioner.vision.blocks import write_folder_trunk
 from captioner.vision.images import load_image
 from captioner.vision.trunk_file import folder_trunk_weights
@@ -127,7 +127,7 @@ class DocTypeClassifier:
         load_state(head, weights)
         if backbone is None:
             backbone = load_backbone(
-                config.backbone, folder_trunk_weights(folder, backbone_weights)
+                config.backbone, folder_trunk_weights(folder, backbone_weights), config.image_size
             )
         check_backbone(config, backbone, folder)
         return cls(head, config, backbone, device, sha, dict(meta.get("training", {})))
@@ -283,6 +283,12 @@ def check_backbone(config: DocTypeConfig, backbone: Backbone, folder: Path) -> N
         raise CheckpointError(
             f"{folder}: classifier reads {config.backbone} features ({config.channels} "
             f"channels), not {backbone.name} ({backbone.channels})"
+        )
+    size = config.image_size or default_image_size(config.backbone)
+    if backbone.preprocessing.image_size != size:
+        raise CheckpointError(
+            f"{folder}: classifier reads {size}-px images, this {backbone.name} backbone "
+            f"takes {backbone.preprocessing.image_size} px"
         )
     if config.backbone_weights_id and backbone.weights_id != config.backbone_weights_id:
         raise CheckpointError(

@@ -43,6 +43,12 @@ def add_classify_parser(sub: Any) -> None:
     )
     p.add_argument("--backbone", help=f"backbone from vision/ {d('backbone')}")
     p.add_argument("--weights", help=f"backbone weights: DEFAULT, none or a file {d('weights')}")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="square input side in px (default: the backbone's, 224 for MobileNetV2; smaller "
+        "is faster, and the classifier then no longer shares the captioner's backbone pass)",
+    )
     p.add_argument("--split-by", choices=["group", "random"], help=f"{d('split_by')}")
     p.add_argument(
         "--val-fraction",

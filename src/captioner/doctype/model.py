@@ -23,6 +23,7 @@ class DocTypeConfig:
     backbone: str = "mobilenet_v2"
     backbone_weights_id: str = ""
     channels: int = 1280
+    image_size: int | None = None  # the backbone's input side; None: its own default
     dropout: float = 0.5
     photo_class: str | None = "Photo"  # None: no photo class (no photo decision)
     photo_threshold: float = 0.5

@@ -73,7 +73,7 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     out = Path(config.out)
     check_resume(out, resume, "a classifier training run")
     data = _labelled_data(config, out, resume)
-    backbone = load_backbone(config.backbone, config.weights)
+    backbone = load_backbone(config.backbone, config.weights, config.image_size)
     pooled = pooled_backbone(backbone)
     classes = data.classes
     if not data.split("train") or not data.split("val"):
@@ -124,6 +124,7 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         backbone=backbone.name,
         backbone_weights_id=backbone.weights_id,
         channels=backbone.channels,
+        image_size=config.image_size,
         dropout=config.dropout,
         photo_class=photo_class,
         photo_threshold=config.photo_threshold,

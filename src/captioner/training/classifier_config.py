@@ -28,6 +28,7 @@ class ClassifierTrainConfig:
     features: str | None = None  # pooled-feature caches (default OUT/features); shareable
     backbone: str = "mobilenet_v2"
     weights: str = "DEFAULT"
+    image_size: int | None = None  # square input side in px; None: the backbone's own (224)
     split_by: str = "group"
     val_fraction: float = 0.15  # early stopping and calibration (seen sources)
     test_fraction: float = 0.25  # the figures; with split_by="group", unseen sources
