@@ -5,12 +5,15 @@
 
 ``DocTypeClassifier.classify_paths`` over ``--count`` files (decoding in ``--workers``
 processes, batches of 32), against the backbone's raw forward on random tensors of the same
-batch size (the bound: the head itself costs nothing). Prints one JSON object.
+batch size (the bound: the head itself costs nothing). ``--sizes 224,160`` measures the same
+head on the stock backbone at each input side in one run (speed does not depend on the
+weights, so one trained model serves every size). Prints one JSON object per size.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from captioner.doctype.classifier import DocTypeClassifier
+from captioner.vision.backbones import load_backbone
 from captioner.vision.images import IMAGE_SUFFIXES
 
 
@@ -30,11 +34,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sizes", help="comma-separated input sides (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     files = files[: args.count]
-    classifier = DocTypeClassifier.from_pretrained(args.model)
+    trained = DocTypeClassifier.from_pretrained(args.model)
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [None]
+    for size in sizes:
+        classifier = trained
+        if size is not None:
+            config = dataclasses.replace(trained.config, image_size=size, backbone_weights_id="")
+            backbone = load_backbone(config.backbone, image_size=size)
+            classifier = DocTypeClassifier(trained.head, config, backbone)
+        _measure(classifier, files, args)
+
+
+def _measure(classifier: DocTypeClassifier, files: list[Path], args: argparse.Namespace) -> None:
     backbone = classifier.backbone
     assert backbone is not None
     list(classifier.classify_paths(files[:64], args.batch_size, 0, progress=False))  # warm-up
@@ -56,6 +72,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "image_size": size,
                 "images": len(results),
                 "failed": sum(1 for _, p, _ in results if p is None),
                 "threads": args.threads,
