@@ -108,6 +108,36 @@ def test_routing_by_kind_and_the_shared_backbone_pass(
     assert results["photo-00.jpg"].caption_log_prob == pytest.approx(alone.log_prob, abs=1e-4)
 
 
+def test_a_classifier_of_another_input_size_runs_its_own_pass(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from captioner.vision.backbones import load_backbone
+
+    folder = write_mixed_folder(tmp_path / "in", photos=2, pages=2)
+    trained, _, captioner = _load(models)
+    config = dataclasses.replace(trained.config, image_size=96, backbone_weights_id="")
+    classifier = DocTypeClassifier(
+        trained.head, config, load_backbone("mobilenet_v2", "DEFAULT", 96)
+    )
+    pipeline = Pipeline(classifier, None, captioner, PipelineSettings(num_workers=0))
+    assert not pipeline.shares_backbone
+    sides: list[int] = []
+    for backbone in (pipeline.classifier_backbone, pipeline.captioner_backbone):
+        assert backbone is not None
+        backbone.register_forward_hook(lambda _m, args, _o: sides.append(args[0].shape[-1]))
+    results = {Path(r.path).name: r for r in pipeline.run([folder])}
+    assert sorted(set(sides)) == [96, 224]  # each model read the image at its own size
+    for name, result in results.items():
+        alone = classifier([Path(result.path)])[0]
+        assert result.kind == alone.kind, name
+        for kind, p in alone.probabilities.items():
+            assert result.probabilities[kind] == pytest.approx(p, abs=1e-5)
+        if result.captioned:
+            assert result.caption == captioner.caption([Path(result.path)])[0].caption
+
+
 def test_denoised_photos_and_outputs(models: dict[str, Path], tmp_path: Path) -> None:
     folder = write_mixed_folder(tmp_path / "in", photos=2, pages=1)
     classifier, denoiser, captioner = _load(models)
