@@ -29,7 +29,10 @@ from captioner.data.drawn_kinds import write_supplements
 from captioner.data.labelled import assign_splits, read_sources
 from captioner.doctype.augment import NoiseView, ScanAugment
 from captioner.doctype.metrics import classification_metrics
+from captioner.errors import ImageLoadError
+from captioner.training.classifier import sample_weights
 from captioner.vision.backbones import load_backbone
+from captioner.vision.images import load_image
 
 TAPS = (3, 6, 10, 13, 16)
 VIEWS = {"clean": None, "noise_25": NoiseView(25.0), "aug0": ScanAugment(view=0)}
@@ -58,13 +61,12 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.paths[i]) as image:
-                image = image.convert("RGB")
-            if self.view is not None:
-                image = self.view(image)
-            return self.transform(image), True
-        except OSError:
+            image = load_image(self.paths[i])
+        except ImageLoadError:
             return torch.zeros(3, 224, 224), False
+        if self.view is not None:
+            image = self.view(image)
+        return self.transform(image), True
 
 
 def features(paths: list[str], out: Path, view_name: str) -> dict[str, np.ndarray]:
@@ -108,15 +110,8 @@ def probe(rows, classes, seed: int, epochs: int = 60):
     """The trained head and the standardisation it reads."""
     x = torch.tensor(np.concatenate([r[0] for r in rows]))
     y = torch.tensor(np.concatenate([r[1] for r in rows]))
-    sources = np.concatenate([[r[2]] * len(r[1]) for r in rows])
-    weight = torch.zeros(len(y))
-    for c in range(len(classes)):
-        in_class = (y == c).numpy()
-        names = set(sources[in_class])
-        for name in names:
-            mask = in_class & (sources == name)
-            weight[torch.from_numpy(mask)] = 1.0 / (len(names) * mask.sum())
-    weight = weight / weight.sum() * len(y)
+    sources = [r[2] for r in rows for _ in r[1]]
+    weight = sample_weights(y, sources, len(classes), "source")
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     x = (x - mean) / std
     torch.manual_seed(seed)
@@ -159,8 +154,7 @@ def main() -> None:
         for n, path in enumerate(photos):
             out = args.work / "styled" / kind / f"{n:05d}.jpg"
             if not out.exists():
-                with Image.open(path) as image:
-                    image = image.convert("RGB")
+                image = load_image(path)
                 image.thumbnail((512, 512))
                 make(image).save(out, quality=92)
             styled.append((out.as_posix(), kind, path))
