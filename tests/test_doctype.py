@@ -53,6 +53,13 @@ def _train(data: Path, out: Path, *extra: str) -> int:
     )
 
 
+def _cache(run: Path, view: str) -> Path:
+    """A run's feature cache of ``view`` (under features/, or features/style-*/ when the head
+    reads style statistics)."""
+    (found,) = run.glob(f"features/**/{view}/header.json")
+    return found.parent
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("doctype")
@@ -71,7 +78,7 @@ def test_training_learns_text_from_photos_on_unseen_sources(trained: Path) -> No
     assert report["test"]["clean"]["accuracy"] >= 0.9
     assert report["test"]["noise_25"]["accuracy"] >= 0.8
     assert report["val"]["clean"]["images"] > 0
-    failures = json.loads((trained / "features" / "clean" / "failures.json").read_text())
+    failures = json.loads((_cache(trained, "clean") / "failures.json").read_text())
     assert [Path(k).name for k in failures] == ["src0-0999.jpg"]  # named, skipped, not fatal
     for split in ("val", "test"):  # the unreadable file is in no figure
         readable = [i for i in data["images"] if i["split"] == split and i["path"] not in failures]
@@ -108,7 +115,7 @@ def test_a_smaller_input_size_is_saved_loaded_and_checked(tmp_path: Path) -> Non
     assert classifier.config.image_size == 96
     assert classifier.backbone is not None and classifier.backbone.preprocessing.image_size == 96
     assert [p.kind for p in classifier([text_page(7), photo(8)])] == ["Text", "Photo"]
-    header = json.loads((tmp_path / "run" / "features" / "clean" / "header.json").read_text())
+    header = json.loads((_cache(tmp_path / "run", "clean") / "header.json").read_text())
     assert header["preprocessing"]["image_size"] == 96  # no 224-px cache reused
     with pytest.raises(CheckpointError, match="96-px"):
         check_backbone(classifier.config, load_backbone("mobilenet_v2"), tmp_path / "run")
@@ -375,3 +382,50 @@ def test_fine_tuning_the_last_blocks_trains_them_and_the_folder_carries_them(
     assert [row["epoch"] for row in history] == [1, 2]
     with pytest.raises(CheckpointError, match="weights"):  # the stock backbone is refused
         DocTypeClassifier.from_pretrained(model, backbone=load_backbone("mobilenet_v2"))
+
+
+def test_style_statistics_are_trained_saved_and_read_from_the_same_pass(tmp_path: Path) -> None:
+    import torch
+
+    from captioner.doctype.features import StyleTaps, describe, pooled_backbone
+    from captioner.errors import CaptionerError
+    from captioner.vision.backbones import load_backbone
+
+    write_kinds(tmp_path / "kinds", per_source=4, sources=3)
+    out = tmp_path / "run"
+    assert _train(tmp_path / "kinds", out, "--style-blocks", "6,3") == 0
+    header = json.loads((out / "features" / "style-3-6" / "clean" / "header.json").read_text())
+    assert header["style_blocks"] == [3, 6] and header["channels"] == 1280 + 2 * (24 + 32)
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["clean"]["accuracy"] >= 0.8
+    classifier = DocTypeClassifier.from_pretrained(out)
+    assert classifier.config.style_blocks == [3, 6] and classifier.config.style_channels == 112
+    assert [p.kind for p in classifier([text_page(17), photo(18)])] == ["Text", "Photo"]
+
+    # What the chain does with a shared backbone: the grid and the statistics of one pass, in
+    # two batches, give the probabilities of the cached whole-image descriptor.
+    backbone = load_backbone("mobilenet_v2")
+    pictures = [text_page(21), photo(22), photo(23)]
+    pixels = torch.stack([backbone.transform(p) for p in pictures])
+    with torch.inference_mode():
+        with classifier.taps(backbone) as taps:
+            grid = torch.cat([backbone(pixels[:2]), backbone(pixels[2:])])
+        style = taps.take()
+        whole = pooled_backbone(backbone, [3, 6])(pixels)[:, 0]
+    assert torch.allclose(describe(grid, style), whole, atol=1e-4)
+    shared = classifier.predict_grid(grid, style)
+    assert [p.kind for p in shared] == [p.kind for p in classifier(pictures)]
+    with pytest.raises(CaptionerError, match="style statistics"):
+        classifier.predict_grid(grid)  # the grid alone is not what this head reads
+    with StyleTaps(backbone.trunk, []) as none:
+        assert none.take() is None  # a head without style statistics needs nothing taken
+
+    with pytest.raises(CaptionerError, match="blocks 0 to 18"):
+        from captioner.doctype.features import resolve_style_blocks
+
+        resolve_style_blocks("3,19", backbone)
+    assert _train(tmp_path / "kinds", tmp_path / "bad", "--style-blocks", "x") == 2
+    code = _train(
+        tmp_path / "kinds", tmp_path / "both", "--style-blocks", "3", "--fine-tune-blocks", "2"
+    )
+    assert code == 2  # a fine-tuned head reads pooled features only

@@ -138,6 +138,37 @@ def test_a_classifier_of_another_input_size_runs_its_own_pass(
             assert result.caption == captioner.caption([Path(result.path)])[0].caption
 
 
+def test_a_classifier_reading_style_statistics_still_shares_the_pass(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import torch
+
+    from captioner.doctype.model import DocTypeHead
+
+    folder = write_mixed_folder(tmp_path / "in", photos=2, pages=2)
+    trained, _, captioner = _load(models)
+    config = dataclasses.replace(trained.config, style_blocks=[3, 6], style_channels=112)
+    torch.manual_seed(0)
+    head = DocTypeHead.for_config(config)  # random weights: every image its own probabilities
+    assert captioner.backbone is not None
+    classifier = DocTypeClassifier(head, config, captioner.backbone)
+    pipeline = Pipeline(classifier, None, captioner, PipelineSettings(num_workers=0))
+    assert pipeline.shares_backbone
+    seen: list[int] = []
+    assert pipeline.captioner_backbone is not None
+    pipeline.captioner_backbone.register_forward_hook(
+        lambda _m, args, _o: seen.append(len(args[0]))
+    )
+    results = list(pipeline.run([folder]))
+    assert sum(seen) == len(results) == 4  # one pass per image, style statistics included
+    for result in results:
+        alone = classifier([Path(result.path)])[0]
+        for kind, p in alone.probabilities.items():
+            assert result.probabilities[kind] == pytest.approx(p, abs=1e-5), result.path
+
+
 def test_denoised_photos_and_outputs(models: dict[str, Path], tmp_path: Path) -> None:
     folder = write_mixed_folder(tmp_path / "in", photos=2, pages=1)
     classifier, denoiser, captioner = _load(models)

@@ -2,7 +2,9 @@
 
 A classifier folder holds ``model.safetensors`` (the head) and ``config.json`` (format marker,
 classes, the backbone it reads, temperature, photo threshold, sha256 of the weights, training
-summary); the config is written last and nothing is unpickled. The backbone is the stock one
+summary); the config is written last and nothing is unpickled. The head reads the pooled
+backbone grid and, if the config names ``style_blocks``, those blocks' style statistics taken
+on the same pass (``doctype/features.py``). The backbone is the stock one
 named in the config, checked against the weights id recorded at training time; a classifier
 whose last backbone blocks were fine-tuned also holds ``backbone.safetensors`` (the whole
 trunk, its SHA-256 the recorded weights id), which loading uses in place of the stock weights.
@@ -23,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.doctype.features import pool_grid
+from captioner.doctype.features import StyleTaps, describe
 from captioner.doctype.model import DocTypeConfig, DocTypeHead
 from captioner.errors import CaptionerError, CheckpointError
 from captioner.fileio import (
@@ -34,7 +36,7 @@ from captioner.fileio import (
     verify_sha256,
 )
 from captioner.vision.backbones import Backbone, default_image_size, load_backbone
-from captioner.vision.blocks import write_folder_trunk
+from captioner.vision.blocks import trunk_blocks, write_folder_trunk
 from captioner.vision.images import load_image
 from captioner.vision.trunk_file import folder_trunk_weights
 
@@ -123,7 +125,7 @@ class DocTypeClassifier:
             raise CheckpointError(
                 f"{folder / CONFIG_FILE}: bad classifier settings ({exc})"
             ) from None
-        head = DocTypeHead(config.channels, len(config.classes), config.dropout)
+        head = DocTypeHead.for_config(config)
         load_state(head, weights)
         if backbone is None:
             backbone = load_backbone(
@@ -163,13 +165,30 @@ class DocTypeClassifier:
 
     @torch.inference_mode()
     def probabilities_of_pooled(self, pooled: Tensor) -> Tensor:
-        """``[B, C]`` pooled backbone features -> ``[B, K]`` calibrated probabilities."""
+        """``[B, D]`` what the head reads (pooled features, then any style statistics: see
+        ``doctype.features.describe``) -> ``[B, K]`` calibrated probabilities."""
         logits = self.head(pooled.to(self.device))
         return torch.softmax(logits / self.config.temperature, dim=1)
 
-    def predict_grid(self, grid: Tensor) -> list[DocTypePrediction]:
-        """Classify from the backbone's grid ``[B, R, C]`` (the one the captioner reads)."""
-        return self.predictions(self.probabilities_of_pooled(pool_grid(grid)))
+    def taps(self, backbone: Backbone | None = None) -> StyleTaps:
+        """A context in which passes of ``backbone`` (default: this classifier's) record the
+        style statistics this classifier reads (none if it reads none); give
+        ``taps.take()`` to :meth:`predict_grid` with the grids of those passes."""
+        backbone = backbone if backbone is not None else self.backbone
+        if backbone is None:
+            raise CaptionerError("this classifier was loaded without its backbone")
+        return StyleTaps(backbone.trunk, self.config.style_blocks)
+
+    def predict_grid(self, grid: Tensor, style: Tensor | None = None) -> list[DocTypePrediction]:
+        """Classify from the backbone's grid ``[B, R, C]`` (the one the captioner reads) and,
+        for a classifier with ``style_blocks``, the statistics its :meth:`taps` took of the
+        same pass."""
+        if self.config.style_blocks and style is None:
+            raise CaptionerError(
+                "this classifier also reads the style statistics of backbone blocks "
+                f"{self.config.style_blocks}: run the backbone inside classifier.taps()"
+            )
+        return self.predictions(self.probabilities_of_pooled(describe(grid, style)))
 
     def predictions(self, probabilities: Tensor) -> list[DocTypePrediction]:
         photo_class = self.config.photo_class
@@ -200,14 +219,19 @@ class DocTypeClassifier:
         pixels = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         return self.backbone(pixels)
 
+    def predict_pixels(self, pixels: Tensor) -> list[DocTypePrediction]:
+        """Classify preprocessed images ``[B, 3, S, S]`` with this classifier's backbone."""
+        with self.taps() as taps:
+            grid = self.grids(pixels)
+        return self.predict_grid(grid, taps.take())
+
     def __call__(self, images: Sequence[Image.Image | str | Path]) -> list[DocTypePrediction]:
         if self.backbone is None:
             raise CaptionerError("this classifier was loaded without its backbone")
         pictures = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
         if not pictures:
             return []
-        batch = torch.stack([self.backbone.transform(p) for p in pictures])
-        return self.predict_grid(self.grids(batch))
+        return self.predict_pixels(torch.stack([self.backbone.transform(p) for p in pictures]))
 
     def classify_paths(
         self,
@@ -235,8 +259,7 @@ class DocTypeClassifier:
                 good = [(i, t) for i, t, _ in items if t is not None]
                 results: dict[int, DocTypePrediction] = {}
                 if good:
-                    batch = torch.stack([t for _, t in good])
-                    preds = self.predict_grid(self.grids(batch))
+                    preds = self.predict_pixels(torch.stack([t for _, t in good]))
                     results = {i: p for (i, _), p in zip(good, preds, strict=True)}
                 for i, _, problem in items:
                     yield paths[i], results.get(i), problem
@@ -289,6 +312,12 @@ def check_backbone(config: DocTypeConfig, backbone: Backbone, folder: Path) -> N
         raise CheckpointError(
             f"{folder}: classifier reads {size}-px images, this {backbone.name} backbone "
             f"takes {backbone.preprocessing.image_size} px"
+        )
+    blocks = len(trunk_blocks(backbone.trunk))
+    if any(not 0 <= b < blocks for b in config.style_blocks):
+        raise CheckpointError(
+            f"{folder}: classifier reads style statistics of blocks {config.style_blocks}, "
+            f"this {backbone.name} trunk has {blocks} blocks"
         )
     if config.backbone_weights_id and backbone.weights_id != config.backbone_weights_id:
         raise CheckpointError(

@@ -49,6 +49,12 @@ def add_classify_parser(sub: Any) -> None:
         help="square input side in px (default: the backbone's, 224 for MobileNetV2; smaller "
         "is faster, and the classifier then no longer shares the captioner's backbone pass)",
     )
+    p.add_argument(
+        "--style-blocks",
+        help="inner backbone blocks whose per-channel mean and std the head reads beside the "
+        "pooled features: auto (MobileNetV2: 3,6,10,13,16), none, or numbers like 3,6,10 "
+        f"{d('style_blocks')}",
+    )
     p.add_argument("--split-by", choices=["group", "random"], help=f"{d('split_by')}")
     p.add_argument(
         "--val-fraction",

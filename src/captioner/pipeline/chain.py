@@ -2,8 +2,9 @@
 
 ``Pipeline(classifier, denoiser, captioner).run(paths)`` yields one :class:`FileResult` per
 input file. Files are read, hashed, decoded and resized in ``num_workers`` processes; each model
-runs on batches. The classifier reads the backbone grid the captioner needs, so for an image
-that is not denoised the grid is computed once and read by both models (when their backbones
+runs on batches. The classifier reads the backbone grid the captioner needs (and the style
+statistics of inner blocks, taken on the same pass), so for an image that is not denoised the
+grid is computed once and read by both models (when their backbones
 are the same network with the same weights and preprocessing; otherwise each runs its own).
 Photos are denoised at the captioner's input resolution (224 px for MobileNetV2, about 1/160
 of the work of an 8 Mpx scan) unless ``denoise_size="full"``; a full-resolution denoised copy
@@ -532,8 +533,9 @@ class Pipeline:
         if self.classifier is not None:
             assert self.classifier_backbone is not None
             started = time.perf_counter()
-            grids = self._grids(self.classifier_backbone, [item.pixels for item in fresh])
-            predictions = self.classifier.predict_grid(grids)
+            with self.classifier.taps(self.classifier_backbone) as taps:
+                grids = self._grids(self.classifier_backbone, [item.pixels for item in fresh])
+            predictions = self.classifier.predict_grid(grids, taps.take())
             seconds = time.perf_counter() - started
             meter.add("classify", count, seconds)
             for item, prediction in zip(fresh, predictions, strict=True):

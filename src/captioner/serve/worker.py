@@ -278,8 +278,9 @@ class ModelWorker:
         if self.classifier is None:
             return None, None
         if self.shared_backbone:
-            grids = self._grids(images)
-            return self.classifier.predict_grid(grids), grids
+            with self.classifier.taps(self.captioner.backbone) as taps:
+                grids = self._grids(images)
+            return self.classifier.predict_grid(grids, taps.take()), grids
         return self.classifier([_as_rgb(image) for image in images]), None
 
     def _prepare(

@@ -28,7 +28,12 @@ from captioner.data.labelled import (
 )
 from captioner.doctype.augment import NoiseView, ScanAugment
 from captioner.doctype.classifier import DocTypeClassifier
-from captioner.doctype.features import ViewFeatures, extract_view, pooled_backbone
+from captioner.doctype.features import (
+    ViewFeatures,
+    extract_view,
+    pooled_backbone,
+    resolve_style_blocks,
+)
 from captioner.doctype.metrics import classification_metrics, fit_temperature
 from captioner.doctype.model import DocTypeConfig, DocTypeHead
 from captioner.errors import CaptionerError
@@ -74,13 +79,23 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     check_resume(out, resume, "a classifier training run")
     data = _labelled_data(config, out, resume)
     backbone = load_backbone(config.backbone, config.weights, config.image_size)
-    pooled = pooled_backbone(backbone)
+    style_blocks = []
+    if not (config.fine_tune_blocks and config.style_blocks == "auto"):
+        style_blocks = resolve_style_blocks(config.style_blocks, backbone)
+    if style_blocks and config.fine_tune_blocks:
+        raise CaptionerError(
+            "--fine-tune-blocks trains a head on the pooled features only: leave "
+            "--style-blocks at auto or none"
+        )
+    pooled = pooled_backbone(backbone, style_blocks)
     classes = data.classes
     if not data.split("train") or not data.split("val"):
         raise CaptionerError(
             f"{', '.join(config.data)}: the split left no training or no validation images"
         )
     feats = Path(config.features) if config.features else out / "features"
+    # The pooled-only caches stay where they were; those with style statistics beside them.
+    view_folder = feats / ("style-" + "-".join(map(str, style_blocks))) if style_blocks else feats
     noisy_name = f"noise_{config.noise_sigma:g}"
     # Views depend on the image only (never on the run's seed), so runs with other seeds or
     # splits over the same images share one --features folder.
@@ -90,7 +105,8 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     labels = np.asarray([classes.index(item.label) for item in data.images], dtype=np.int64)
     groups = np.asarray([item.group for item in data.images])
     cached = {
-        name: _view(data.images, feats, pooled, name, t, config) for name, t in transforms.items()
+        name: _view(data.images, view_folder, pooled, name, t, config, style_blocks)
+        for name, t in transforms.items()
     }
 
     def rows(split: str, view: str) -> _Features:
@@ -114,7 +130,8 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     # Seeded here, after the features: extracting them (DataLoader workers draw seeds) or
     # finding them cached must not change the training.
     torch.manual_seed(config.seed)
-    head = DocTypeHead(backbone.channels, len(classes), config.dropout)
+    extra = pooled.channels - backbone.channels
+    head = DocTypeHead(backbone.channels, len(classes), config.dropout, extra)
     head.set_standardisation(train.x)
     photo_class = config.photo_class if config.photo_class in classes else None
     if photo_class is None:
@@ -125,6 +142,8 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
         backbone_weights_id=backbone.weights_id,
         channels=backbone.channels,
         image_size=config.image_size,
+        style_blocks=style_blocks,
+        style_channels=extra,
         dropout=config.dropout,
         photo_class=photo_class,
         photo_threshold=config.photo_threshold,
@@ -289,6 +308,7 @@ def _view(
     name: str,
     transform: Any,
     config: ClassifierTrainConfig,
+    style_blocks: list[int],
 ) -> ViewFeatures:
     view = extract_view(
         [item.path for item in items],
@@ -300,6 +320,7 @@ def _view(
         num_workers=config.workers,
         device=config.device,
         progress=config.progress,
+        style_blocks=style_blocks,
     )
     for key, problem in list(view.failed.items())[:5]:
         say(config.progress, f"skipped {key}: {problem}")
