@@ -57,3 +57,32 @@ def test_photos_get_the_same_captions_as_without_a_classifier(captioner, tmp_pat
     for x, y in zip(a.results, b.results, strict=True):
         assert x.caption == y.caption
         assert x.token_log_probs == pytest.approx(y.token_log_probs, abs=1e-5)
+
+
+def test_a_classifier_reading_style_statistics_gets_them_from_the_shared_pass(  # type: ignore[no-untyped-def]
+    captioner, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import torch
+
+    from captioner.doctype.classifier import DocTypeClassifier
+    from captioner.doctype.model import DocTypeHead
+
+    plain = biased_classifier(tmp_path / "plain", captioner.backbone, favour="Photo")
+    config = dataclasses.replace(plain.config, style_blocks=[3, 6], style_channels=112)
+    torch.manual_seed(0)
+    head = DocTypeHead.for_config(config)
+    with torch.no_grad():
+        head.linear.weight.mul_(50)  # random and sharp: every picture its own probabilities
+    classifier = DocTypeClassifier(head, config, captioner.backbone)
+    worker = ModelWorker(captioner, classifier=classifier)
+    assert worker.shared_backbone
+    worker.start()
+    try:
+        output = worker.submit(_pictures(), JobOptions(caption=False)).result(60)
+    finally:
+        worker.stop()
+    for served, alone in zip(output.kinds, classifier(_pictures()), strict=True):
+        for kind, p in alone.probabilities.items():
+            assert served.probabilities[kind] == pytest.approx(p, abs=1e-5)
