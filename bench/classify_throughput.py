@@ -7,7 +7,9 @@
 processes, batches of 32), against the backbone's raw forward on random tensors of the same
 batch size (the bound: the head itself costs nothing). ``--sizes 224,160`` measures the same
 head on the stock backbone at each input side in one run (speed does not depend on the
-weights, so one trained model serves every size). Prints one JSON object per size.
+weights, so one trained model serves every size). ``--without-style`` also measures, at each
+size, a head on the pooled grid alone (no style statistics taken: untrained, speed only).
+Prints one JSON object per measurement.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from captioner.doctype.classifier import DocTypeClassifier
+from captioner.doctype.model import DocTypeHead
 from captioner.vision.backbones import load_backbone
 from captioner.vision.images import IMAGE_SUFFIXES
 
@@ -35,6 +38,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sizes", help="comma-separated input sides (default: the model's)")
+    parser.add_argument(
+        "--without-style", action="store_true", help="also time a pooled-grid-only head"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -48,6 +54,10 @@ def main() -> None:
             backbone = load_backbone(config.backbone, image_size=size)
             classifier = DocTypeClassifier(trained.head, config, backbone)
         _measure(classifier, files, args)
+        if args.without_style and classifier.config.style_blocks:
+            plain = dataclasses.replace(classifier.config, style_blocks=[], style_channels=0)
+            head = DocTypeHead.for_config(plain)
+            _measure(DocTypeClassifier(head, plain, classifier.backbone), files, args)
 
 
 def _measure(classifier: DocTypeClassifier, files: list[Path], args: argparse.Namespace) -> None:
@@ -73,6 +83,7 @@ def _measure(classifier: DocTypeClassifier, files: list[Path], args: argparse.Na
         json.dumps(
             {
                 "image_size": size,
+                "style_blocks": classifier.config.style_blocks,
                 "images": len(results),
                 "failed": sum(1 for _, p, _ in results if p is None),
                 "threads": args.threads,
