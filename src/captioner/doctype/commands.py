@@ -163,18 +163,19 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from captioner.cliargs import settings_from_args
+    from captioner.cliargs import given_fields, settings_from_args
     from captioner.data.labelled import describe
     from captioner.doctype.metrics import format_report
     from captioner.training.classifier import train_classifier
     from captioner.training.classifier_config import ClassifierTrainConfig
 
-    config = settings_from_args(
-        ClassifierTrainConfig, args, out=str(args.out), progress=not args.no_progress
-    )
+    given = {"out": str(args.out), "progress": not args.no_progress}
+    config = settings_from_args(ClassifierTrainConfig, args, **given)
     if args.resume and args.data is None:
         saved = _saved_config(args.out)
-        config = ClassifierTrainConfig(**{**saved, "out": str(args.out), **_given(args)})
+        config = ClassifierTrainConfig(
+            **{**saved, **given_fields(ClassifierTrainConfig, args), **given}
+        )
     result = train_classifier(config, resume=args.resume)
     print(describe(result.data))
     print(
@@ -186,17 +187,6 @@ def _train(args: argparse.Namespace) -> int:
             print(format_report(report, f"{split}, {condition.replace('_', ' sigma ')}"))
     print(f"model written to {result.model_dir}")
     return 0
-
-
-def _given(args: argparse.Namespace) -> dict[str, Any]:
-    from dataclasses import fields
-
-    from captioner.training.classifier_config import ClassifierTrainConfig
-
-    names = {f.name for f in fields(ClassifierTrainConfig)} - {"out"}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    given["progress"] = not args.no_progress
-    return given
 
 
 def _saved_config(out: Path) -> dict[str, Any]:
