@@ -67,11 +67,11 @@ def _content(out: Path) -> list[dict]:
     return rows
 
 
-def test_routing_by_kind_and_the_shared_backbone_pass(
-    models: dict[str, Path], tmp_path: Path
-) -> None:
-    folder = write_mixed_folder(tmp_path / "in", photos=3, pages=3)
-    classifier, _, captioner = _load(models)
+def _sharing_pipeline(
+    classifier: DocTypeClassifier, captioner: Captioner
+) -> tuple[Pipeline, list[int]]:
+    """A classifier + captioner chain that shares one backbone pass, and the batch sizes that
+    pass is run on."""
     pipeline = Pipeline(classifier, None, captioner, PipelineSettings(num_workers=0))
     assert pipeline.shares_backbone
     seen: list[int] = []
@@ -79,6 +79,15 @@ def test_routing_by_kind_and_the_shared_backbone_pass(
     pipeline.captioner_backbone.register_forward_hook(
         lambda _m, args, _o: seen.append(len(args[0]))
     )
+    return pipeline, seen
+
+
+def test_routing_by_kind_and_the_shared_backbone_pass(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = write_mixed_folder(tmp_path / "in", photos=3, pages=3)
+    classifier, _, captioner = _load(models)
+    pipeline, seen = _sharing_pipeline(classifier, captioner)
     results = {Path(r.path).name: r for r in pipeline.run([folder])}
     assert sorted(results) == sorted(
         [
@@ -156,13 +165,7 @@ def test_a_classifier_reading_style_statistics_still_shares_the_pass(
         head.linear.weight.mul_(50)  # random and sharp: every image its own probabilities
     assert captioner.backbone is not None
     classifier = DocTypeClassifier(head, config, captioner.backbone)
-    pipeline = Pipeline(classifier, None, captioner, PipelineSettings(num_workers=0))
-    assert pipeline.shares_backbone
-    seen: list[int] = []
-    assert pipeline.captioner_backbone is not None
-    pipeline.captioner_backbone.register_forward_hook(
-        lambda _m, args, _o: seen.append(len(args[0]))
-    )
+    pipeline, seen = _sharing_pipeline(classifier, captioner)
     results = list(pipeline.run([folder]))
     assert sum(seen) == len(results) == 4  # one pass per image, style statistics included
     for result in results:
