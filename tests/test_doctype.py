@@ -425,7 +425,60 @@ def test_style_statistics_are_trained_saved_and_read_from_the_same_pass(tmp_path
 
         resolve_style_blocks("3,19", backbone)
     assert _train(tmp_path / "kinds", tmp_path / "bad", "--style-blocks", "x") == 2
-    code = _train(
-        tmp_path / "kinds", tmp_path / "both", "--style-blocks", "3", "--fine-tune-blocks", "2"
-    )
-    assert code == 2  # a fine-tuned head reads pooled features only
+
+
+def test_style_statistics_with_fine_tuned_blocks_match_the_whole_network(
+    tmp_path: Path,
+) -> None:
+    """Block 3 before the cut (its statistics from the first phase's caches), block 17 among
+    the two tuned ones (from the tuned blocks): the saved classifier, run on the image files
+    through its whole fine-tuned backbone, gives the test figures training computed."""
+    from captioner.data.labelled import LabelledSet
+    from captioner.doctype.evaluate import evaluate_classifier
+
+    write_kinds(tmp_path / "kinds", per_source=4, sources=3)
+    out = tmp_path / "run"
+    extra = ["--style-blocks", "3,17", "--fine-tune-blocks", "2", "--fine-tune-epochs", "2"]
+    assert _train(tmp_path / "kinds", out, *extra) == 0
+    classifier = DocTypeClassifier.from_pretrained(out)
+    assert classifier.config.style_blocks == [3, 17]
+    assert classifier.config.style_channels == 2 * (24 + 320)
+    items = LabelledSet.load(out / "data.json").split("test")
+    evaluation = evaluate_classifier(classifier, items, (), num_workers=0, progress=False)
+    trained = json.loads((out / "report.json").read_text())["test"]["clean"]
+    again = evaluation.reports["clean"]
+    assert again["images"] == trained["images"] > 0
+    assert again["accuracy"] == trained["accuracy"]
+
+
+def test_tuned_blocks_on_cached_prefix_maps_describe_an_image_as_the_whole_network() -> None:
+    """What the fine-tuning phase computes from cached prefix maps and the prefix's cached
+    style statistics equals what the saved network computes from the pixels, after the top
+    blocks have changed."""
+    import torch
+
+    from captioner.doctype.features import pooled_backbone
+    from captioner.doctype.model import DocTypeHead
+    from captioner.training.classifier_finetune import TunedClassifier
+    from captioner.vision.backbones import load_backbone
+    from captioner.vision.blocks import split_backbone
+
+    backbone = load_backbone("mobilenet_v2").eval()
+    pixels = torch.stack([backbone.transform(p) for p in (photo(31), text_page(32))])
+    with torch.inference_mode():
+        before = pooled_backbone(backbone, [3])(pixels)[:, 0]  # the first phase's cache
+        stock = pooled_backbone(backbone, [3, 17])(pixels)[:, 0]
+    prefix_style = before[:, 1280:]
+    prefix, top = split_backbone(backbone, 2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in top.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))  # "fine-tuned" blocks 17 and 18
+    head = DocTypeHead(1280, 2, 0.0, 2 * (24 + 320))
+    tuned = TunedClassifier(top, head, (int(prefix.grid[0]), int(prefix.grid[1])), [0])
+    with torch.inference_mode():
+        maps = prefix(pixels)
+        from_cache = tuned.eval().pooled(maps, prefix_style)
+        whole = pooled_backbone(backbone, [3, 17])(pixels)[:, 0]
+    assert torch.allclose(from_cache, whole, atol=1e-4)
+    assert not torch.allclose(whole, stock, atol=1e-2)  # the tuned blocks changed what it reads

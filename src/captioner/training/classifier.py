@@ -42,6 +42,7 @@ from captioner.runlog import say
 from captioner.training.checkpoint import check_resume
 from captioner.training.classifier_config import MAY_CHANGE, ClassifierTrainConfig
 from captioner.training.classifier_finetune import (
+    PrefixRows,
     TunedClassifier,
     cache_prefix_maps,
     pooled_of,
@@ -79,14 +80,7 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     check_resume(out, resume, "a classifier training run")
     data = _labelled_data(config, out, resume)
     backbone = load_backbone(config.backbone, config.weights, config.image_size)
-    style_blocks = []
-    if not (config.fine_tune_blocks and config.style_blocks == "auto"):
-        style_blocks = resolve_style_blocks(config.style_blocks, backbone)
-    if style_blocks and config.fine_tune_blocks:
-        raise CaptionerError(
-            "--fine-tune-blocks trains a head on the pooled features only: leave "
-            "--style-blocks at auto or none"
-        )
+    style_blocks = resolve_style_blocks(config.style_blocks, backbone)
     pooled = pooled_backbone(backbone, style_blocks)
     classes = data.classes
     if not data.split("train") or not data.split("val"):
@@ -168,7 +162,7 @@ def train_classifier(config: ClassifierTrainConfig, resume: bool = False) -> Cla
     if config.fine_tune_blocks:
         evaluated = _fine_tune(
             config, backbone, head, model_config, data, (split_of, labels, groups), feats,
-            transforms, evaluated, resume,
+            transforms, cached, evaluated, resume,
         )  # fmt: skip
         val = evaluated["val"]
     head.eval()
@@ -231,13 +225,26 @@ def _fine_tune(
     columns: tuple[np.ndarray, np.ndarray, np.ndarray],
     feats: Path,
     transforms: dict[str, Any],
+    cached: dict[str, ViewFeatures],
     evaluated: dict[str, dict[str, _Features]],
     resume: bool,
 ) -> dict[str, dict[str, _Features]]:
     """The second phase: the last blocks with the head; returns the validation and test
-    features again, pooled through the fine-tuned blocks. ``columns``: the split, class index
-    and source of each of ``data.images``."""
-    from captioner.vision.blocks import split_backbone
+    features again, through the fine-tuned blocks. ``columns``: the split, class index and
+    source of each of ``data.images``; ``cached``: the first phase's features per view, whose
+    style statistics of blocks before the cut the tuned blocks do not change."""
+    from captioner.doctype.features import style_channels
+    from captioner.vision.blocks import split_backbone, trunk_blocks
+
+    cut = len(trunk_blocks(backbone.trunk)) - config.fine_tune_blocks
+    blocks = model_config.style_blocks
+    start = backbone.channels
+    width = style_channels(backbone, [b for b in blocks if b < cut])
+
+    def styles(views: list[str]) -> list[np.ndarray] | None:
+        if not blocks:
+            return None
+        return [cached[v].features[:, start : start + width] for v in views]
 
     prefix, top = split_backbone(backbone, config.fine_tune_blocks)
     top.requires_grad_(True)
@@ -250,20 +257,30 @@ def _fine_tune(
         name: cache_prefix_maps(data.images, name, transforms[name], folder, prefix, config)
         for name in [*train_views, noisy]
     }
-    train = prefix_rows([caches[v] for v in train_views], split_of == "train", labels, groups)
+
+    def rows(views: list[str], split: str) -> PrefixRows:
+        return prefix_rows(
+            [caches[v] for v in views], split_of == split, labels, groups, styles(views)
+        )
+
+    train = rows(train_views, "train")
     evaluated_rows = {
-        split: {
-            condition: prefix_rows([caches[condition]], split_of == split, labels, groups)
-            for condition in ("clean", noisy)
-        }
+        split: {condition: rows([condition], split) for condition in ("clean", noisy)}
         for split in evaluated
     }
-    val_all = prefix_rows([caches["clean"], caches[noisy]], split_of == "val", labels, groups)
+    val_all = rows(["clean", noisy], "val")
     weights = sample_weights(train.y, train.groups, len(data.classes), config.balance)
     classifier = DocTypeClassifier(head, model_config, backbone)
     grid = (int(prefix.grid[0]), int(prefix.grid[1]))
+    top_taps = [b - cut for b in blocks if b >= cut]
     model = train_top_blocks(
-        TunedClassifier(top, head, grid), classifier, train, val_all, weights, config, resume
+        TunedClassifier(top, head, grid, top_taps),
+        classifier,
+        train,
+        val_all,
+        weights,
+        config,
+        resume,
     )
     return {
         split: {

@@ -30,7 +30,7 @@ class ClassifierTrainConfig:
     weights: str = "DEFAULT"
     image_size: int | None = None  # square input side in px; None: the backbone's own (224)
     # inner blocks whose per-channel mean/std the head reads too: "auto" (the backbone's stage
-    # ends; MobileNetV2 3,6,10,13,16; none with fine_tune_blocks), "none", or numbers "3,6,10"
+    # ends; MobileNetV2 3,6,10,13,16), "none", or block numbers "3,6,10"
     style_blocks: str = "auto"
     split_by: str = "group"
     val_fraction: float = 0.15  # early stopping and calibration (seen sources)

@@ -6,7 +6,9 @@ scan-augmented for training; clean and noisy for validation and test; shared by 
 like the pooled caches), and those blocks train together with the head, starting from it:
 their own learning rate, batch-norm statistics frozen, the same class/source-balanced loss,
 early stopping on the calibrated validation NLL, resume. The model folder then carries the
-fine-tuned trunk (doctype/classifier.py).
+fine-tuned trunk (doctype/classifier.py). A head that reads style statistics gets those of the
+blocks before the cut from the first phase's caches (the frozen prefix makes them) and those of
+the tuned blocks from the tuned blocks themselves, on the same pass.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from captioner.data.labelled import LabelledImage
 from captioner.doctype.classifier import DocTypeClassifier
-from captioner.doctype.features import pool_grid
+from captioner.doctype.features import StyleTaps, describe
 from captioner.doctype.metrics import fit_temperature
 from captioner.doctype.model import DocTypeHead
 from captioner.features.cache import OK, FeatureCache
@@ -36,32 +38,52 @@ from captioner.vision.blocks import grid_of_prefix, split_backbone
 
 
 class TunedClassifier(nn.Module):
-    """Cached prefix maps -> the top blocks -> pooled features -> the head's logits."""
+    """Cached prefix maps -> the top blocks -> pooled features (then the prefix's cached style
+    statistics and those of ``top_taps``, indices into ``top``) -> the head's logits."""
 
-    def __init__(self, top: nn.Sequential, head: DocTypeHead, grid: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        top: nn.Sequential,
+        head: DocTypeHead,
+        grid: tuple[int, int],
+        top_taps: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.top, self.head, self.grid = top, head, grid
+        self.top_taps = list(top_taps)
 
     def train(self, mode: bool = True) -> TunedClassifier:
         super().train(mode)
         self.top.eval()  # frozen batch-norm statistics
         return self
 
-    def pooled(self, prefix: torch.Tensor) -> torch.Tensor:
-        return pool_grid(grid_of_prefix(self.top, prefix, self.grid))
+    def pooled(
+        self, prefix: torch.Tensor, prefix_style: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the head reads (``doctype.features.describe``); the style blocks are in
+        ascending order, so the prefix's statistics come before the top blocks'."""
+        with StyleTaps(self.top, self.top_taps) as taps:
+            grid = grid_of_prefix(self.top, prefix, self.grid)
+        parts = [t for t in (prefix_style, taps.take()) if t is not None]
+        return describe(grid, torch.cat(parts, dim=1) if parts else None)
 
-    def forward(self, prefix: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(prefix))
+    def forward(
+        self, prefix: torch.Tensor, prefix_style: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.head(self.pooled(prefix, prefix_style))
 
 
 @dataclass
 class PrefixRows:
-    """Examples read from per-view caches of prefix maps: ``picks[i]`` = (view, row)."""
+    """Examples read from per-view caches of prefix maps: ``picks[i]`` = (view, row);
+    ``styles[view]``: the style statistics of the prefix's blocks per image, if the head reads
+    any."""
 
     caches: list[FeatureCache]
     picks: list[tuple[int, int]]
     y: torch.Tensor
     groups: list[str]
+    styles: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.picks)
@@ -69,6 +91,14 @@ class PrefixRows:
     def maps(self, which: Sequence[int]) -> torch.Tensor:
         rows = [self.caches[v].features(r) for v, r in (self.picks[i] for i in which)]
         return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+    def batch(self, which: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The maps of examples ``which`` and their prefix style statistics (or None)."""
+        style = None
+        if self.styles is not None:
+            picked = [self.styles[v][r] for v, r in (self.picks[i] for i in which)]
+            style = torch.from_numpy(np.stack(picked).astype(np.float32))
+        return self.maps(which), style
 
 
 def cache_prefix_maps(
@@ -96,26 +126,33 @@ def cache_prefix_maps(
 
 
 def prefix_rows(
-    caches: list[FeatureCache], keep: np.ndarray, labels: np.ndarray, groups: np.ndarray
+    caches: list[FeatureCache],
+    keep: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    styles: list[np.ndarray] | None = None,
 ) -> PrefixRows:
     """The examples of the images where ``keep``, under each of ``caches`` (failed images
-    left out)."""
+    left out); ``styles``: each view's prefix style statistics per image (NaN: failed)."""
     picks, y, where = [], [], []
     for number, cache in enumerate(caches):
-        for row in np.flatnonzero(keep & (cache.status == OK)).tolist():
+        ok = keep & (cache.status == OK)
+        if styles is not None:
+            ok &= ~np.isnan(styles[number]).any(axis=1)
+        for row in np.flatnonzero(ok).tolist():
             picks.append((number, row))
             y.append(int(labels[row]))
             where.append(str(groups[row]))
-    return PrefixRows(list(caches), picks, torch.tensor(y, dtype=torch.long), where)
+    return PrefixRows(list(caches), picks, torch.tensor(y, dtype=torch.long), where, styles)
 
 
 def pooled_of(model: TunedClassifier, rows: PrefixRows, batch: int = 128) -> torch.Tensor:
-    """Pooled features of every example through the (fine-tuned) top blocks."""
+    """What the head reads of every example, through the (fine-tuned) top blocks."""
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(rows), batch):
-            out.append(model.pooled(rows.maps(range(start, min(start + batch, len(rows))))))
+            out.append(model.pooled(*rows.batch(range(start, min(start + batch, len(rows))))))
     return torch.cat(out)
 
 
@@ -185,7 +222,7 @@ class TunedHeadTask:
         total, seen = 0.0, 0
         for start in tools.bar(range(0, len(order), size), desc=f"fine-tune {epoch}"):
             rows = order[start : start + size]
-            logits = self.model(self.train.maps(rows.tolist()))
+            logits = self.model(*self.train.batch(rows.tolist()))
             loss = weighted_step(
                 logits, self.train.y[rows], self.weights[rows], self.optimizer, self.config
             )
